@@ -1,0 +1,45 @@
+# Timmy Time. `make setup` once, then `make run` (dashboard + worker) or `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEV := DJANGO_DEBUG=1
+
+.PHONY: setup run test lint manage bench clean
+
+setup: $(VENV)/.installed browser
+
+$(VENV)/.installed: requirements/base.txt requirements/ml.txt requirements/dev.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $@
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "Install Chromium for the browser tests: sudo apt-get install chromium"; exit 1; fi; \
+	fi
+
+run: $(VENV)/.installed
+	$(DEV) $(PY) manage.py migrate --noinput
+	$(DEV) $(PY) manage.py ensure_admin
+	$(DEV) $(PY) manage.py serve
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check apps timmy_site tests bench
+	$(VENV)/bin/ruff format --check apps timmy_site tests bench
+	$(DEV) $(VENV)/bin/mypy apps timmy_site
+
+# Any management command in dev mode, e.g. make manage CMD="create_api_token admin"
+manage: $(VENV)/.installed
+	$(DEV) $(PY) manage.py $(CMD)
+
+bench: $(VENV)/.installed
+	$(PY) bench/events.py
+
+clean:
+	rm -rf $(VENV) data/test

@@ -1,0 +1,40 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from apps.core import services
+from apps.core.models import ApiToken, WorkerHeartbeat
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created with `manage.py create_api_token USERNAME` (shown once); here they are revoked."""
+
+    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["user__username", "name", "prefix"]
+    readonly_fields = ["user", "prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected tokens", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        tokens = list(queryset.filter(revoked_at__isnull=True))
+        for token in tokens:
+            services.api_token_revoke(token=token)
+        self.message_user(request, f"Revoked {len(tokens)} token(s).", messages.SUCCESS)
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ["worker_id", "alive", "started_at", "last_beat_at", "stopped_at", "cycles"]
+    readonly_fields = ["worker_id", "hostname", "pid", "started_at", "last_beat_at", "stopped_at", "cycles"]
+
+    @admin.display(boolean=True)
+    def alive(self, obj: WorkerHeartbeat) -> bool:
+        return obj.is_alive()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

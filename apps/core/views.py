@@ -1,0 +1,41 @@
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+
+from apps.core.decorators import staff_required
+from apps.core.selectors import workers_recent
+from apps.events.selectors import events_latest
+from apps.swarm.selectors import agents_with_wins, task_counts
+
+
+@staff_required
+def home(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    workers = [(w, w.is_alive(now)) for w in workers_recent()]
+    return render(
+        request,
+        "core/home.html",
+        {
+            "workers": workers,
+            "any_worker_alive": any(alive for _, alive in workers),
+            "task_counts": task_counts(),
+            "agents": agents_with_wins(),
+            "events": events_latest(limit=10),
+        },
+    )
+
+
+# Pages whose capability lands in a later issue: the navigation is complete from day one.
+NOT_BUILT = {
+    "ledger": ("Ledger", "Lightning invoices, payments to agents and L402 receipts (ADR-018)."),
+    "memory": ("Memory", "Semantic memory: what agents learned, searchable by meaning (ADR-019)."),
+    "upgrades": ("Upgrades", "Self-modification proposals awaiting human approval (ADR-021)."),
+    "router": ("Router", "LLM providers, circuit breakers and latency (ADR-020)."),
+    "live": ("Live", "The real-time activity feed over WebSockets (ADR-022)."),
+}
+
+
+@staff_required
+def not_built(request: HttpRequest, page: str) -> HttpResponse:
+    title, what = NOT_BUILT[page]
+    return render(request, "core/not_built.html", {"title": title, "what": what})

@@ -1,0 +1,57 @@
+from datetime import datetime
+from typing import Any
+
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+
+from apps.core.auth import require_staff
+from apps.events.selectors import EventFilter, events_page, events_since, events_summary
+
+router = Router(tags=["events"])
+
+
+class EventOut(Schema):
+    id: int
+    event_type: str
+    source: str
+    task_id: str
+    agent_id: str
+    timestamp: datetime
+    data: dict[str, Any]
+
+
+class EventsOut(Schema):
+    events: list[EventOut]
+    next_before_id: int | None = Field(None, description="Pass as before_id for the next, older page.")
+
+
+class EventsQuery(Schema):
+    event_type: str = Field("", max_length=64)
+    task_id: str = Field("", max_length=64)
+    agent_id: str = Field("", max_length=64)
+    since_id: int | None = Field(None, ge=0, description="Events after this id, oldest first (for polling).")
+    before_id: int | None = Field(None, ge=1, description="Events before this id, newest first (paging).")
+    limit: int = Field(50, ge=1, le=500)
+
+
+class SummaryOut(Schema):
+    minutes: int
+    total: int
+    counts: dict[str, int]
+
+
+@router.get("", response=EventsOut, summary="List events")
+def list_events(request: HttpRequest, q: Query[EventsQuery]) -> dict[str, Any]:
+    require_staff(request)
+    filters = EventFilter(event_type=q.event_type, task_id=q.task_id, agent_id=q.agent_id)
+    if q.since_id is not None:
+        return {"events": events_since(filters=filters, since_id=q.since_id, limit=q.limit), "next_before_id": None}
+    page = events_page(filters=filters, before_id=q.before_id, limit=q.limit)
+    return {"events": page.events, "next_before_id": page.next_before_id}
+
+
+@router.get("/summary", response=SummaryOut, summary="Event counts per type over the last N minutes")
+def summary(request: HttpRequest, minutes: int = Query(60, ge=1, le=60 * 24 * 31)) -> dict[str, Any]:
+    require_staff(request)
+    counts = events_summary(minutes=minutes)
+    return {"minutes": minutes, "total": sum(counts.values()), "counts": counts}

@@ -1,0 +1,164 @@
+import json
+import re
+from datetime import datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.events.models import Event, is_known_event_type
+
+REDACTED = "[REDACTED]"
+FIELD_MAX = 64
+KEY_MAX = 100
+STRING_MAX = 2000
+LIST_MAX = 100
+DEPTH_MAX = 8
+DATA_MAX_BYTES = 16 * 1024
+
+# ANSI/VT escape sequences first (CSI, OSC, two-byte ESC), then any control or invisible formatting
+# character left: a forged "\r\n2026-01-01 INFO ..." or a terminal escape never reaches a log or a page.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]")
+_WHITESPACE_CONTROLS = re.compile(r"[\t\n\v\f\r\u0085\u2028\u2029]+")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_NEEDS_CLEANING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+_SECRET_VALUE = re.compile(
+    r"(?P<bearer>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|(?P<l402>\bL402\s+)[A-Za-z0-9+/=_-]+:[0-9A-Fa-f]+"
+    r"|(?P<assign>\b(?:macaroon|password|passwd|pwd|secret|token|api[_-]?key|preimage)[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',;&]+"
+    r"|(?P<url>://[^/\s:@]+:)[^@\s/]+@"
+    r"|\bsk-[A-Za-z0-9_-]{16,}"
+    r"|\btt_[A-Za-z0-9_-]{20,}",
+    re.IGNORECASE,
+)
+_SECRET_KEY_WORDS = frozenset(
+    {
+        "token", "secret", "password", "passwd", "pwd", "macaroon", "authorization", "preimage", "apikey",
+        "cookie", "credential", "credentials", "privkey", "mnemonic", "seed",
+    }
+)  # fmt: skip
+_SECRET_KEY_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key")})
+_KEY_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+class InvalidEvent(ValueError):
+    """The event cannot be logged as given (unknown type, data that is not JSON)."""
+
+
+def _redact_match(m: re.Match[str]) -> str:
+    for group in ("bearer", "l402", "assign"):
+        if m.group(group):
+            return m.group(group) + REDACTED
+    if m.group("url"):
+        return m.group("url") + REDACTED + "@"
+    return REDACTED
+
+
+def clean_text(value: str, max_length: int = STRING_MAX) -> str:
+    if _NEEDS_CLEANING.search(value):
+        value = _ANSI.sub("", value)
+        value = _WHITESPACE_CONTROLS.sub(" ", value)
+        value = _CONTROLS.sub("", value)
+    value = _SECRET_VALUE.sub(_redact_match, value)
+    if len(value) > max_length:
+        value = value[: max_length - 1] + "…"
+    return value
+
+
+def _is_secret_key(key: str) -> bool:
+    words = [w for w in _KEY_WORD_SPLIT.split(key.lower()) if w]
+    if any(w in _SECRET_KEY_WORDS for w in words):
+        return True
+    return any(pair in _SECRET_KEY_PAIRS for pair in pairwise(words))
+
+
+def _clean_value(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= DEPTH_MAX:
+        return "[too deep]"
+    if isinstance(value, dict):
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            clean_key = clean_text(str(key), KEY_MAX)
+            camel = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", str(key))
+            cleaned[clean_key] = REDACTED if _is_secret_key(camel) else _clean_value(item, depth + 1)
+        return cleaned
+    items = [_clean_value(item, depth + 1) for item in list(value)[:LIST_MAX]]
+    if len(value) > LIST_MAX:
+        items.append(f"[+{len(value) - LIST_MAX} more]")
+    return items
+
+
+def sanitize_data(data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidEvent(f"event data must be a JSON object, not {type(data).__name__}")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"event data is not JSON: {exc}") from exc
+    cleaned: dict[str, Any] = _clean_value(data, 0)
+    encoded = json.dumps(cleaned, ensure_ascii=False)
+    if len(encoded.encode()) > DATA_MAX_BYTES:
+        cleaned = {"_truncated": True, "preview": encoded[:STRING_MAX]}
+    return cleaned
+
+
+def _clean_field(value: object | None) -> str:
+    if value is None:
+        return ""
+    return clean_text(str(value), FIELD_MAX)
+
+
+def log_event(
+    event_type: str,
+    *,
+    source: str,
+    task_id: object | None = None,
+    agent_id: object | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Record one audit event in the caller's transaction, sanitised (see the module's patterns).
+
+    Raises InvalidEvent for an unknown type or data that is not a JSON object.
+    """
+    if not is_known_event_type(event_type):
+        raise InvalidEvent(f"unknown event type {event_type!r}")
+    event = Event(
+        event_type=event_type,
+        source=_clean_field(source) or "unknown",
+        task_id=_clean_field(task_id),
+        agent_id=_clean_field(agent_id),
+        data=sanitize_data(data),
+        timestamp=timezone.now(),
+    )
+    event.save(force_insert=True)
+    return event
+
+
+PRUNE_BATCH = 5000
+
+
+def events_prune(*, older_than: datetime) -> int:
+    """Delete events older than `older_than` in small batches, so the worker and pages are never blocked long."""
+    removed = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                Event.objects.filter(timestamp__lt=older_than).order_by("id").values_list("id", flat=True)[:PRUNE_BATCH]
+            )
+            if not ids:
+                return removed
+            removed += Event.objects.filter(id__in=ids).delete()[0]
+
+
+def events_prune_days(*, days: int) -> tuple[int, datetime]:
+    cutoff = timezone.now() - timedelta(days=days)
+    return events_prune(older_than=cutoff), cutoff

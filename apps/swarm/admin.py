@@ -1,0 +1,71 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from apps.swarm import services
+from apps.swarm.models import Agent, Bid, Task
+
+
+class BidInline(admin.TabularInline):
+    model = Bid
+    extra = 0
+    can_delete = False
+    readonly_fields = ["agent", "amount_sats", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        return False
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ["id", "status", "short_description", "assigned_agent", "winning_bid_sats", "created_at"]
+    list_filter = ["status", "assigned_agent"]
+    search_fields = ["description", "=id"]
+    readonly_fields = [
+        "status", "posted_by", "assigned_agent", "winning_bid_sats", "result", "failure_reason", "created_at",
+        "auction_closes_at", "assigned_at", "started_at", "finished_at", "claimed_by", "lease_expires_at", "attempts",
+    ]  # fmt: skip
+    inlines = [BidInline]
+    actions = ["fail_tasks"]
+    show_full_result_count = False
+
+    @admin.display(description="description")
+    def short_description(self, obj: Task) -> str:
+        return obj.description[:80]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # tasks are posted on /swarm/ or through the API, which open the auction
+
+    @admin.action(description="Fail the selected open tasks", permissions=["change"])
+    def fail_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        failed = 0
+        for task in queryset.exclude(status__in=Task.TERMINAL):
+            try:
+                services.task_fail(task_id=task.pk, reason=f"Failed by {request.user.get_username()} in the admin.")
+            except services.TaskWrongState:
+                continue
+            failed += 1
+        self.message_user(request, f"Failed {failed} task(s).", messages.SUCCESS)
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "persona", "status", "base_bid_sats", "bid_jitter_sats", "last_seen"]
+    list_filter = ["persona", "status"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["status", "last_seen", "created_at"]
+
+
+@admin.register(Bid)
+class BidAdmin(admin.ModelAdmin):
+    list_display = ["task", "agent", "amount_sats", "created_at"]
+    list_filter = ["agent"]
+    search_fields = ["=task__id"]
+    list_select_related = ["task", "agent"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Bid | None = None) -> bool:
+        return False

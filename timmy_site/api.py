@@ -1,0 +1,16 @@
+from ninja import NinjaAPI
+
+from apps.core.auth import api_auth
+from apps.events.api import router as events_router
+from apps.swarm.api import router as swarm_router
+
+api = NinjaAPI(
+    title="Timmy Time API",
+    version="1",
+    description="Operations API of Timmy Time. Authenticate with `Authorization: Bearer <token>` "
+    "(`python manage.py create_api_token USERNAME`) or a logged-in browser session.",
+    auth=api_auth,
+    urls_namespace="api",
+)
+api.add_router("/events", events_router)
+api.add_router("/", swarm_router)

@@ -1,0 +1,183 @@
+"""Settings, all from the environment (django-environ); a `.env` beside manage.py is read if present.
+
+State lives under TIMMY_DATA_DIR. DEBUG is off unless DJANGO_DEBUG=1 (`make run` sets it); without DEBUG,
+DJANGO_SECRET_KEY is required.
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DATA_DIR = Path(env.str("TIMMY_DATA_DIR", default="data"))
+if not DATA_DIR.is_absolute():
+    DATA_DIR = BASE_DIR / DATA_DIR
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+
+def _dev_secret_key(path: Path) -> str:
+    if not path.exists():
+        # O_EXCL: two processes starting at once must not write two different keys.
+        try:
+            with open(path, "x", encoding="ascii") as f:
+                path.chmod(0o600)
+                f.write(secrets.token_urlsafe(50))
+        except FileExistsError:
+            pass
+    return path.read_text(encoding="ascii").strip()
+
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Production (DJANGO_DEBUG off) refuses to start without it: "
+            "set DJANGO_SECRET_KEY in the environment or in .env, or use `make run` for development."
+        )
+    SECRET_KEY = _dev_secret_key(DATA_DIR / "secret_key")
+
+HOST = env.str("HOST", default="127.0.0.1")
+PORT = env.int("PORT", default=8000)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+if HOST not in ("0.0.0.0", "::") and HOST not in ALLOWED_HOSTS:  # noqa: S104 (a comparison)
+    ALLOWED_HOSTS.append(HOST)
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "channels",
+    "django_htmx",
+    "ninja",
+    "apps.core",
+    "apps.events",
+    "apps.swarm",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "timmy_site.urls"
+WSGI_APPLICATION = "timmy_site.wsgi.application"
+ASGI_APPLICATION = "timmy_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "apps.core.context_processors.navigation",
+            ],
+        },
+    },
+]
+
+# The custom engine is Django's sqlite3 backend plus sqlite-vec (timmy_site/db/base.py).
+SQLITE_ENGINE = "timmy_site.db"
+SQLITE_OPTIONS = {
+    "timeout": 30,
+    # Take the write lock at BEGIN: a deferred transaction that later writes fails at once with
+    # "database is locked" when another process holds the lock, whatever the timeout.
+    "transaction_mode": "IMMEDIATE",
+}
+if env.str("DATABASE_URL", default=""):
+    _db = env.db("DATABASE_URL")
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db["ENGINE"] = SQLITE_ENGINE
+        _db["OPTIONS"] = {**SQLITE_OPTIONS, **_db.get("OPTIONS", {})}
+else:
+    _db = {
+        "ENGINE": SQLITE_ENGINE,
+        "NAME": DATA_DIR / "timmy.sqlite3",
+        "OPTIONS": SQLITE_OPTIONS,
+    }
+if _db["ENGINE"] == SQLITE_ENGINE:
+    # A file, not :memory:, so the worker and the web server started by tests see the same database.
+    _db.setdefault("TEST", {"NAME": str(DATA_DIR / "test.sqlite3")})
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve straight from static/ with no collectstatic step: one person, one machine, no CDN.
+WHITENOISE_USE_FINDERS = True
+
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Timmy Time ---
+
+# Swarm auctions: how long idle agents have to bid after a task is posted.
+AUCTION_SECONDS = env.int("AUCTION_SECONDS", default=15)
+# A running task whose worker stopped renewing its lease for this long is recovered.
+TASK_LEASE_SECONDS = env.int("TASK_LEASE_SECONDS", default=300)
+TASK_MAX_ATTEMPTS = env.int("TASK_MAX_ATTEMPTS", default=3)
+
+EVENT_RETENTION_DAYS = env.int("EVENT_RETENTION_DAYS", default=90)
+
+WORKER_POLL_SECONDS = env.float("WORKER_POLL_SECONDS", default=1.0)
+WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", default=5.0)
+# The dashboard shows a worker as down when its last heartbeat is older than this.
+WORKER_STALE_SECONDS = env.float("WORKER_STALE_SECONDS", default=30.0)
+# The steps a worker runs each cycle, in order; each returns how many items it handled.
+WORKER_STEPS = [
+    "apps.swarm.worker.recover_stale_tasks",
+    "apps.swarm.worker.close_due_auctions",
+]

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from timmy_site.api import api
+
+admin.site.site_header = "Timmy Time operations"
+admin.site.site_title = "Timmy Time"
+admin.site.index_title = "Operations console"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("api/v1/", api.urls),
+    path("swarm/", include("apps.swarm.urls")),
+    path("swarm/", include("apps.events.urls")),
+    path("", include("apps.core.urls")),
+]
