@@ -4,7 +4,9 @@ State lives under TIMMY_DATA_DIR. DEBUG is off unless DJANGO_DEBUG=1 (`make run`
 DJANGO_SECRET_KEY is required.
 """
 
+import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import environ
@@ -26,13 +28,17 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
 def _dev_secret_key(path: Path) -> str:
     if not path.exists():
-        # O_EXCL: two processes starting at once must not write two different keys.
+        # Written aside, then linked into place: two processes starting at once must not write two different
+        # keys (the second link fails), nor may one read the file before the other has written it.
+        fd, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
         try:
-            with open(path, "x", encoding="ascii") as f:
-                path.chmod(0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(secrets.token_urlsafe(50))
+            os.link(draft, path)
         except FileExistsError:
             pass
+        finally:
+            os.unlink(draft)
     return path.read_text(encoding="ascii").strip()
 
 
@@ -67,6 +73,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.events",
     "apps.swarm",
+    "apps.agents",
 ]
 
 MIDDLEWARE = [
@@ -121,8 +128,9 @@ else:
         "OPTIONS": SQLITE_OPTIONS,
     }
 if _db["ENGINE"] == SQLITE_ENGINE:
-    # A file, not :memory:, so the worker and the web server started by tests see the same database.
-    _db.setdefault("TEST", {"NAME": str(DATA_DIR / "test.sqlite3")})
+    # A file, not :memory:, so the worker and the web server started by tests see the same database;
+    # one per test run, so two runs at once do not share it.
+    _db.setdefault("TEST", {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")})
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -15,8 +15,17 @@ class BearerTokenAuth(HttpBearer):
         return user
 
 
+class BrowserSessionAuth(SessionAuth):
+    def _get_key(self, request: HttpRequest) -> str | None:
+        # Only a request that carries a session cookie is a browser's: the CSRF check applies to it alone, so a
+        # script with a missing or revoked token gets 401, not "CSRF check Failed".
+        if self.param_name not in request.COOKIES:
+            return None
+        return super()._get_key(request)
+
+
 # Bearer token first; a browser session works too (with its CSRF token on writes).
-api_auth = [BearerTokenAuth(), SessionAuth()]
+api_auth = [BearerTokenAuth(), BrowserSessionAuth()]
 
 
 def require_staff(request: HttpRequest) -> Any:

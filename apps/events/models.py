@@ -23,11 +23,15 @@ class EventType(models.TextChoices):
 
 # upgrade.approved, payment.settled, memory.stored, provider.circuit_opened, ...
 NAMESPACES = ("upgrade", "payment", "memory", "provider")
-NAMESPACED_TYPE = re.compile(rf"^(?:{'|'.join(NAMESPACES)})\.[a-z][a-z0-9_]{{0,50}}$")
+NAMESPACED_TYPE = re.compile(rf"(?:{'|'.join(NAMESPACES)})\.[a-z][a-z0-9_]{{0,50}}")
+
+
+_SWARM_TYPES = frozenset(EventType.values)
 
 
 def is_known_event_type(value: str) -> bool:
-    return value in EventType.values or NAMESPACED_TYPE.match(value) is not None
+    # fullmatch, not match with "$": "$" also matches before a trailing newline, which would reach the log.
+    return value in _SWARM_TYPES or NAMESPACED_TYPE.fullmatch(value) is not None
 
 
 class Event(models.Model):

@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from apps.swarm import services
 from apps.swarm.models import Agent, Bid, Task
@@ -37,15 +39,30 @@ class TaskAdmin(admin.ModelAdmin):
         return False  # tasks are posted on /swarm/ or through the API, which open the auction
 
     @admin.action(description="Fail the selected open tasks", permissions=["change"])
-    def fail_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+    def fail_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> TemplateResponse | None:
+        open_tasks = list(queryset.exclude(status__in=Task.TERMINAL))
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Fail tasks?",
+                "opts": self.model._meta,
+                "tasks": open_tasks,
+                "skipped": queryset.count() - len(open_tasks),
+                "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+            }
+            return TemplateResponse(request, "admin/swarm/task/fail_confirmation.html", context)
+        reason = request.POST.get("reason", "").strip() or "no reason given"
         failed = 0
-        for task in queryset.exclude(status__in=Task.TERMINAL):
+        for task in open_tasks:
             try:
-                services.task_fail(task_id=task.pk, reason=f"Failed by {request.user.get_username()} in the admin.")
+                services.task_fail(
+                    task_id=task.pk, reason=f"Failed by {request.user.get_username()} in the admin: {reason}"
+                )
             except services.TaskWrongState:
                 continue
             failed += 1
         self.message_user(request, f"Failed {failed} task(s).", messages.SUCCESS)
+        return None
 
 
 @admin.register(Agent)

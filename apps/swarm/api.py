@@ -2,7 +2,7 @@ from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from apps.core.auth import require_staff
@@ -61,13 +61,13 @@ class AgentOut(Schema):
 
 
 @router.post("/tasks", response={201: TaskOut}, summary="Post a task; its auction opens at once")
-def post_task(request: HttpRequest, payload: TaskIn) -> tuple[int, Task]:
+def post_task(request: HttpRequest, payload: TaskIn) -> Status[Task]:
     user = require_staff(request)
     try:
         task = services.task_post(description=payload.description, posted_by=user)
     except services.InvalidTask as exc:
         raise HttpError(422, str(exc)) from exc
-    return 201, task
+    return Status(201, task)
 
 
 @router.get("/tasks", response=list[TaskOut], summary="Tasks, newest first")

@@ -10,7 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.events.models import EventType
-from apps.events.services import log_event
+from apps.events.services import clean_multiline_text, log_event
 from apps.swarm.models import Agent, Bid, Task
 
 SOURCE = "swarm.coordinator"
@@ -58,9 +58,15 @@ def _preview(text: str, length: int = 200) -> str:
 # --- agents ---
 
 
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
 def persona_bid_amount(agent: Agent, description: str, rng: random.Random) -> int:
-    words = re.findall(r"[a-z0-9]+", description.lower())
-    matches = any(word.startswith(keyword.lower()) for keyword in agent.keywords for word in words)
+    # A keyword matches the start of a word ("summar" matches "summarise"); "look up" matches the phrase.
+    text = " " + _words(description)
+    keywords = [_words(keyword) for keyword in agent.keywords]
+    matches = any(f" {keyword}" in text for keyword in keywords if keyword)
     base = agent.base_bid_sats if matches else agent.base_bid_sats * agent.off_topic_multiplier
     return max(1, base + rng.randint(-agent.bid_jitter_sats, agent.bid_jitter_sats))
 
@@ -118,7 +124,8 @@ def task_post(
     rng: random.Random | None = None,
 ) -> Task:
     """Create a task, open its auction and collect a bid from every idle agent."""
-    description = description.strip()
+    # Shown on pages and sent to models: no terminal escapes or control characters, whoever posted it.
+    description = clean_multiline_text(description).strip()
     if not description:
         raise InvalidTask("The task description is empty.")
     if len(description) > DESCRIPTION_MAX:

@@ -1,0 +1,30 @@
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+from django.utils.module_loading import import_string
+
+
+@register()
+def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if settings.AUCTION_SECONDS < 1:
+        errors.append(Error("AUCTION_SECONDS must be at least 1.", id="timmy.E001"))
+    if settings.WORKER_STALE_SECONDS <= settings.WORKER_HEARTBEAT_SECONDS:
+        errors.append(
+            Error(
+                "WORKER_STALE_SECONDS must be longer than WORKER_HEARTBEAT_SECONDS, or a live worker is shown as down.",
+                id="timmy.E002",
+            )
+        )
+    if settings.TASK_MAX_ATTEMPTS < 1:
+        errors.append(Error("TASK_MAX_ATTEMPTS must be at least 1.", id="timmy.E003"))
+    for path in settings.WORKER_STEPS:
+        try:
+            import_string(path)
+        except ImportError as exc:
+            errors.append(Error(f"WORKER_STEPS entry {path!r} cannot be imported: {exc}", id="timmy.E004"))
+    if not os.access(settings.DATA_DIR, os.W_OK):
+        errors.append(Error(f"TIMMY_DATA_DIR {settings.DATA_DIR} is not writable.", id="timmy.E005"))
+    return errors

@@ -1,0 +1,18 @@
+from django.core.checks import run_checks
+
+
+def test_a_worker_that_would_always_look_down_is_caught_at_start_up(settings):
+    settings.WORKER_HEARTBEAT_SECONDS = 30
+    settings.WORKER_STALE_SECONDS = 10
+    ids = [message.id for message in run_checks()]
+    assert "timmy.E002" in ids
+
+
+def test_a_misspelt_worker_step_is_caught_at_start_up(settings):
+    settings.WORKER_STEPS = [*settings.WORKER_STEPS, "apps.swarm.worker.close_auctions_typo"]
+    messages = [m for m in run_checks() if m.id == "timmy.E004"]
+    assert messages and "close_auctions_typo" in messages[0].msg
+
+
+def test_default_settings_pass_the_checks():
+    assert [m.id for m in run_checks() if m.id and m.id.startswith("timmy.")] == []

@@ -1,0 +1,214 @@
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from apps.core.models import ApiToken, WorkerHeartbeat
+from tests.factories import UserFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- create_api_token ---
+
+
+def test_create_api_token_prints_only_the_token_and_stores_only_its_hash(transactional_db, run_manage):
+    user = UserFactory(username="scripts", is_staff=True)
+    result = run_manage("create_api_token", "scripts", "--name", "backup job", timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    raw = lines[0]
+    assert raw.startswith("tt_")
+    assert len(raw) > 40
+    token = ApiToken.objects.get()
+    assert token.user == user
+    assert token.name == "backup job"
+    assert token.key_hash == hashlib.sha256(raw.encode()).hexdigest()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM api_tokens")
+        stored = cursor.fetchall()
+    assert stored and raw not in repr(stored)
+
+
+def test_the_printed_token_authenticates_api_requests(staff_user, client):
+    out = StringIO()
+    call_command("create_api_token", staff_user.username, stdout=out)
+    raw = out.getvalue().strip()
+    assert client.get("/api/v1/agents", headers={"Authorization": f"Bearer {raw}"}).status_code == 200
+
+
+def test_each_token_is_different(staff_user):
+    tokens = set()
+    for _ in range(3):
+        out = StringIO()
+        call_command("create_api_token", staff_user.username, stdout=out)
+        tokens.add(out.getvalue())
+    assert len(tokens) == 3
+
+
+def test_create_api_token_for_an_unknown_user_fails_clearly(db):
+    with pytest.raises(CommandError, match="No user named 'ghost'"):
+        call_command("create_api_token", "ghost", stdout=StringIO())
+    assert not ApiToken.objects.exists()
+
+
+def test_create_api_token_for_an_inactive_user_fails_clearly(db):
+    UserFactory(username="gone", is_active=False)
+    with pytest.raises(CommandError, match="User 'gone' is inactive"):
+        call_command("create_api_token", "gone", stdout=StringIO())
+    assert not ApiToken.objects.exists()
+
+
+def test_create_api_token_for_an_unknown_user_exits_non_zero_with_the_message(transactional_db, run_manage):
+    result = run_manage("create_api_token", "ghost", timeout=60)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "No user named 'ghost'." in result.stderr
+
+
+# --- ensure_admin ---
+
+
+def test_ensure_admin_creates_a_superuser_once_and_keeps_the_password_private(db, settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+    out = StringIO()
+    call_command("ensure_admin", stdout=out)
+    password_file = settings.DATA_DIR / "admin-password.txt"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    saved = password_file.read_text()
+    password = saved.split("password: ")[1].strip()
+    assert len(password) >= 20
+    assert out.getvalue().count(password) == 1
+    assert str(password_file) in out.getvalue()
+    assert saved.startswith("username: admin\n")
+    admin = authenticate(username="admin", password=password)
+    assert admin is not None and admin.is_superuser
+
+    again = StringIO()
+    call_command("ensure_admin", stdout=again)
+    assert again.getvalue().strip() == "An admin user exists; nothing to do."
+    assert get_user_model().objects.filter(is_superuser=True).count() == 1
+    assert password_file.read_text() == saved
+
+
+def test_ensure_admin_does_nothing_when_a_superuser_exists(db, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    get_user_model().objects.create_superuser("root", "", "a long enough password")
+    out = StringIO()
+    call_command("ensure_admin", stdout=out)
+    assert "nothing to do" in out.getvalue()
+    assert not (tmp_path / "admin-password.txt").exists()
+    assert not get_user_model().objects.filter(username="admin").exists()
+
+
+def test_ensure_admin_passwords_differ_between_installs(db, settings, tmp_path):
+    passwords = set()
+    for n in range(2):
+        settings.DATA_DIR = tmp_path / str(n)
+        call_command("ensure_admin", stdout=StringIO())
+        passwords.add((settings.DATA_DIR / "admin-password.txt").read_text())
+        get_user_model().objects.all().delete()
+    assert len(passwords) == 2
+
+
+# --- serve ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    # Linux only; used to clean up after a failed test, never to decide whether it passed.
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def kill_all(proc: subprocess.Popen[str], children: list[int]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (a local URL)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def start_serve(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_serve_runs_the_dashboard_and_the_worker_and_stops_both_on_sigterm(transactional_db, subprocess_env):
+    port = free_port()
+    login = f"http://127.0.0.1:{port}/accounts/login/"
+    proc = start_serve(port, subprocess_env)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while http_status(login) != 200 or not WorkerHeartbeat.objects.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "serve did not start within 60 s"
+            time.sleep(0.2)
+        children = children_of(proc.pid)
+        beat = WorkerHeartbeat.objects.get()
+        assert beat.stopped_at is None
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        kill_all(proc, children)
+    assert proc.returncode == 0, stderr
+    assert f"Dashboard on http://127.0.0.1:{port}/" in stdout
+    assert stdout.rstrip().endswith("Stopped.")
+    assert http_status(login) is None
+    # The worker was stopped, not killed: it marked its heartbeat on the way out.
+    beat.refresh_from_db()
+    assert beat.stopped_at is not None
+
+
+def test_serve_stops_the_worker_and_fails_when_the_dashboard_cannot_start(transactional_db, subprocess_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        proc = start_serve(port, subprocess_env)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            kill_all(proc, [])
+    assert proc.returncode == 1
+    assert "Stopped because the web exited with status 1." in stderr
+    assert "Address already in use" in stderr
+    assert not WorkerHeartbeat.objects.filter(stopped_at__isnull=True).exists()

@@ -1,0 +1,160 @@
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 60
+
+# Prints what the settings made of the environment, and marks the database it was given.
+PROBE = """
+import os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timmy_site.settings")
+import django
+django.setup()
+from django.conf import settings
+from django.db import connection
+with connection.cursor() as cursor:
+    if len(sys.argv) > 1:
+        cursor.execute(f"PRAGMA user_version = {int(sys.argv[1])}")
+    cursor.execute("PRAGMA user_version")
+    version = cursor.fetchone()[0]
+print(settings.SECRET_KEY)
+print(settings.DATABASES["default"]["NAME"])
+print(version)
+"""
+
+
+def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh start: no database URL or secret inherited from the test run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SECRET_KEY")}
+    return {**env, "TIMMY_DATA_DIR": str(data_dir), "DJANGO_DEBUG": "1", **extra}
+
+
+def probe(env: dict[str, str], *args: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def test_production_refuses_to_start_without_a_secret_key(tmp_path):
+    result = manage(clean_env(tmp_path, DJANGO_DEBUG="0"), "check")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_production_starts_with_a_secret_key_from_the_environment(tmp_path):
+    env = clean_env(tmp_path, DJANGO_DEBUG="0", DJANGO_SECRET_KEY="s" * 60)
+    result = manage(env, "check")
+    assert result.returncode == 0, result.stderr
+    assert probe(env)[0] == "s" * 60
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_debug_mode_generates_a_secret_key_once_and_reuses_it(tmp_path):
+    env = clean_env(tmp_path)
+    first = probe(env)[0]
+    key_file = tmp_path / "secret_key"
+    assert len(first) >= 50
+    assert key_file.read_text().strip() == first
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert probe(env)[0] == first
+
+
+# Waits for the go on stdin before importing the settings, so that many processes start them at the same instant.
+KEY_AT_THE_GATE = """
+import os, sys
+sys.stdin.readline()
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timmy_site.settings")
+from django.conf import settings
+print(settings.SECRET_KEY)
+"""
+
+
+def test_processes_starting_at_once_in_a_new_data_dir_agree_on_one_secret_key(tmp_path):
+    # serve starts the dashboard and the worker together; on a first run both create the key.
+    for attempt in range(3):
+        env = clean_env(tmp_path / str(attempt))
+        starters = [
+            subprocess.Popen(
+                [sys.executable, "-c", KEY_AT_THE_GATE],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(12)
+        ]
+        try:
+            for starter in starters:
+                assert starter.stdin is not None
+                starter.stdin.write("go\n")
+                starter.stdin.flush()
+            results = [(starter.communicate(timeout=TIMEOUT), starter.returncode) for starter in starters]
+        finally:
+            for starter in starters:
+                if starter.poll() is None:
+                    starter.kill()
+                    starter.wait()
+        for (_, stderr), returncode in results:
+            assert returncode == 0, stderr
+        keys = {stdout.strip() for (stdout, _), _ in results}
+        assert keys == {(tmp_path / str(attempt) / "secret_key").read_text().strip()}
+        assert len(keys.pop()) >= 50
+        assert sorted(p.name for p in (tmp_path / str(attempt)).iterdir()) == ["secret_key"]
+
+
+def test_each_data_dir_has_its_own_secret_key_and_database(tmp_path):
+    one, two = clean_env(tmp_path / "one"), clean_env(tmp_path / "two")
+    key_one, db_one, _ = probe(one, "11")
+    key_two, db_two, version_two = probe(two)
+    assert key_one != key_two
+    assert Path(db_one) == tmp_path / "one" / "timmy.sqlite3"
+    assert Path(db_two) == tmp_path / "two" / "timmy.sqlite3"
+    assert version_two == "0"  # the mark made in one is not in two
+    assert probe(one)[2] == "11"
+
+
+def test_a_relative_data_dir_is_under_the_project_wherever_the_process_starts(tmp_path):
+    relative = Path("data") / "test" / f"relative-{os.getpid()}"
+    env = clean_env(relative, PYTHONPATH=str(ROOT))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert result.returncode == 0, result.stderr
+        assert Path(result.stdout.splitlines()[1]) == ROOT / relative / "timmy.sqlite3"
+        assert not (tmp_path / "data").exists()
+    finally:
+        shutil.rmtree(ROOT / relative, ignore_errors=True)
+
+
+def test_the_database_has_sqlite_vec_loaded(db):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT vec_version()")
+        assert cursor.fetchone()[0].startswith("v")
+        cursor.execute("SELECT vec_distance_l2('[0, 0, 0]', '[0, 3, 4]')")
+        assert cursor.fetchone()[0] == 5.0
+
+
+def test_the_database_is_in_wal_mode_with_a_busy_timeout(db):
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
+        cursor.execute("PRAGMA busy_timeout")
+        assert cursor.fetchone()[0] >= 5000

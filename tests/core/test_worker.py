@@ -1,0 +1,271 @@
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from apps.core.models import WorkerHeartbeat
+from apps.core.services import worker_register
+from apps.core.worker import Worker
+from apps.events.models import Event, EventType
+from apps.swarm import worker as swarm_worker
+from apps.swarm.models import Agent, Task
+from tests.factories import AgentFactory, BidFactory, TaskFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ModelServerDown(Exception):
+    pass
+
+
+def unreachable_model_server(now: datetime) -> int:
+    raise ModelServerDown("connection refused by 127.0.0.1:11434")
+
+
+def due_auction(**bids: int) -> Task:
+    task = TaskFactory(status=Task.Status.BIDDING, auction_closes_at=timezone.now() - timedelta(seconds=1))
+    for name, amount in bids.items():
+        agent = Agent.objects.filter(name=name).first() or AgentFactory(name=name)
+        BidFactory(task=task, agent=agent, amount_sats=amount)
+    return task
+
+
+# --- the Worker class ---
+
+
+def test_a_failing_step_logs_a_system_error_and_the_other_steps_still_run(db, caplog):
+    task = due_auction(ada=30, bob=20)
+    worker = Worker(
+        worker_id="w-test",
+        steps=[
+            ("unreachable_model_server", unreachable_model_server),
+            ("apps.swarm.worker.close_due_auctions", swarm_worker.close_due_auctions),
+        ],
+    )
+    assert worker.run_once() == 1
+    task.refresh_from_db()
+    assert task.status == Task.Status.ASSIGNED
+    assert task.assigned_agent is not None and task.assigned_agent.name == "bob"
+    [error] = Event.objects.filter(event_type=EventType.SYSTEM_ERROR)
+    assert error.source == "worker:w-test"
+    assert error.data == {
+        "step": "unreachable_model_server",
+        "error": "ModelServerDown",
+        "message": "connection refused by 127.0.0.1:11434",
+    }
+    assert "worker step unreachable_model_server failed" in caplog.text
+
+
+def test_a_step_that_keeps_failing_is_logged_every_cycle_and_never_stops_the_worker(db):
+    worker = Worker(worker_id="w-test", steps=[("boom", unreachable_model_server)])
+    for _ in range(3):
+        assert worker.run_once() == 0
+    assert Event.objects.filter(event_type=EventType.SYSTEM_ERROR).count() == 3
+
+
+def test_a_worker_asked_to_stop_runs_no_further_steps(db):
+    calls: list[str] = []
+    worker = Worker(worker_id="w-test")
+
+    def first(now: datetime) -> int:
+        calls.append("first")
+        worker.stop_event.set()
+        return 1
+
+    def second(now: datetime) -> int:
+        calls.append("second")
+        return 1
+
+    worker.steps = [("first", first), ("second", second)]
+    assert worker.run_once() == 1
+    assert calls == ["first"]
+
+
+def test_the_worker_runs_the_steps_named_in_settings(settings):
+    settings.WORKER_STEPS = ["apps.swarm.worker.close_due_auctions"]
+    worker = Worker.from_settings("w-test")
+    assert worker.steps == [("apps.swarm.worker.close_due_auctions", swarm_worker.close_due_auctions)]
+
+
+def test_a_worker_beats_its_heartbeat_while_it_runs(transactional_db, settings):
+    # run_forever closes old connections each cycle, which a test inside a transaction cannot allow.
+    settings.WORKER_HEARTBEAT_SECONDS = 0
+    settings.WORKER_POLL_SECONDS = 0
+    worker = Worker(worker_id="w-beat")
+    cycles = 0
+
+    def three_cycles(now: datetime) -> int:
+        nonlocal cycles
+        cycles += 1
+        if cycles == 3:
+            worker.stop_event.set()
+        return 0
+
+    worker.steps = [("three_cycles", three_cycles)]
+    worker.start()
+    registered = WorkerHeartbeat.objects.get(worker_id="w-beat")
+    worker.run_forever()
+    beat = WorkerHeartbeat.objects.get(worker_id="w-beat")
+    assert beat.cycles == 3
+    assert beat.last_beat_at > registered.last_beat_at
+    assert beat.is_alive()
+
+
+def test_agents_join_when_a_worker_starts_and_leave_when_the_last_worker_stops(db):
+    first, second = Worker(worker_id="w-1"), Worker(worker_id="w-2")
+    first.start()
+    second.start()
+    names = set(Agent.objects.values_list("name", flat=True))
+    assert set(Agent.objects.values_list("status", flat=True)) == {Agent.Status.IDLE}
+    joined = Event.objects.filter(event_type=EventType.AGENT_JOINED)
+    assert sorted(e.data["agent"] for e in joined) == sorted(names)
+    assert {e.source for e in joined} == {"worker:w-1"}
+
+    first.stop()
+    assert set(Agent.objects.values_list("status", flat=True)) == {Agent.Status.IDLE}
+    assert not Event.objects.filter(event_type=EventType.AGENT_LEFT).exists()
+
+    second.stop()
+    assert set(Agent.objects.values_list("status", flat=True)) == {Agent.Status.OFFLINE}
+    left = Event.objects.filter(event_type=EventType.AGENT_LEFT)
+    assert sorted(e.data["agent"] for e in left) == sorted(names)
+    assert {e.source for e in left} == {"worker:w-2"}
+
+
+def test_a_worker_that_stops_beside_a_dead_one_takes_the_agents_offline(db, settings):
+    stale = Worker(worker_id="w-crashed")
+    stale.start()
+    WorkerHeartbeat.objects.filter(worker_id="w-crashed").update(
+        last_beat_at=timezone.now() - timedelta(seconds=settings.WORKER_STALE_SECONDS + 1)
+    )
+    live = Worker(worker_id="w-live")
+    live.start()
+    live.stop()
+    assert set(Agent.objects.values_list("status", flat=True)) == {Agent.Status.OFFLINE}
+
+
+# --- the heartbeat on the home page ---
+
+
+def test_a_live_worker_is_shown_up_on_the_home_page(staff_client):
+    worker_register(worker_id="host:1")
+    html = staff_client.get("/").content.decode()
+    assert '<span class="badge up">up</span> The background worker is running.' in html
+    assert '<code>host:1</code> <span class="badge up">up</span>' in html
+
+
+def test_a_stopped_worker_is_shown_down_on_the_home_page(staff_client):
+    worker = Worker(worker_id="host:2")
+    worker.start()
+    worker.stop()
+    assert WorkerHeartbeat.objects.get(worker_id="host:2").stopped_at is not None
+    html = staff_client.get("/").content.decode()
+    assert '<span class="badge down">down</span> No worker has sent a heartbeat recently' in html
+    assert '<code>host:2</code> <span class="badge down">stopped</span>' in html
+
+
+def test_a_worker_whose_last_beat_is_too_old_is_shown_down(staff_client, settings):
+    settings.WORKER_STALE_SECONDS = 30
+    worker_register(worker_id="host:3")
+    WorkerHeartbeat.objects.update(last_beat_at=timezone.now() - timedelta(seconds=31))
+    html = staff_client.get("/").content.decode()
+    assert '<span class="badge down">down</span> No worker has sent a heartbeat recently' in html
+    assert '<code>host:3</code> <span class="badge down">down</span>' in html
+
+
+def test_the_home_page_says_down_when_no_worker_ever_ran(staff_client):
+    html = staff_client.get("/").content.decode()
+    assert '<span class="badge down">down</span>' in html
+    assert "python manage.py run_worker" in html
+
+
+def test_the_home_page_shows_task_counts_agents_and_latest_events(staff_client):
+    task = due_auction(ada=30)
+    Worker(worker_id="w-home", steps=[("close", swarm_worker.close_due_auctions)]).run_once()
+    html = staff_client.get("/").content.decode()
+    assert '<span class="badge status-assigned">assigned 1</span>' in html
+    assert '<li>ada <span class="badge agent-idle">idle</span> <span class="muted">1 win</span></li>' in html
+    assert f"task #{task.pk}</a>" in html
+    assert '<code class="etype">task.assigned</code>' in html
+
+
+# --- manage.py run_worker ---
+
+
+def test_run_worker_once_closes_due_auctions_assigns_winners_and_writes_a_heartbeat(db, restore_signal_handlers):
+    cheap = due_auction(ada=30, bob=20)
+    empty = due_auction()
+    out = StringIO()
+    call_command("run_worker", "--once", "--worker-id", "once-1", stdout=out)
+    cheap.refresh_from_db()
+    empty.refresh_from_db()
+    assert cheap.status == Task.Status.ASSIGNED
+    assert cheap.assigned_agent is not None and cheap.assigned_agent.name == "bob"
+    assert empty.status == Task.Status.FAILED
+    assert "No agent bid" in empty.failure_reason
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Worker once-1 running 2 step(s)."
+    assert "Handled 2 item(s)." in lines
+    assert lines[-1] == "Worker stopped."
+    beat = WorkerHeartbeat.objects.get(worker_id="once-1")
+    assert beat.stopped_at is not None
+    assert not beat.is_alive()
+
+
+def test_run_worker_once_leaves_open_auctions_alone(db, restore_signal_handlers):
+    task = TaskFactory(status=Task.Status.BIDDING, auction_closes_at=timezone.now() + timedelta(seconds=30))
+    out = StringIO()
+    call_command("run_worker", "--once", stdout=out)
+    task.refresh_from_db()
+    assert task.status == Task.Status.BIDDING
+    assert "Handled 0 item(s)." in out.getvalue()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_a_running_worker_promptly_and_cleanly(transactional_db, subprocess_env):
+    agent = AgentFactory(name="ada", status=Agent.Status.OFFLINE)
+    # A long poll: the signal must cut the wait short, not wait it out.
+    env = {**subprocess_env, "WORKER_POLL_SECONDS": "60"}
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_worker", "--worker-id", "sig-1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: WorkerHeartbeat.objects.filter(worker_id="sig-1").exists(), 30, "the worker to register")
+        agent.refresh_from_db()
+        assert agent.status == Agent.Status.IDLE
+        time.sleep(0.3)  # into the poll wait
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=15)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert took < 5
+    assert "Received SIGTERM, stopping after the current step" in stdout
+    assert stdout.rstrip().endswith("Worker stopped.")
+    assert WorkerHeartbeat.objects.get(worker_id="sig-1").stopped_at is not None
+    agent.refresh_from_db()
+    assert agent.status == Agent.Status.OFFLINE
+    assert Event.objects.filter(event_type=EventType.AGENT_LEFT, agent_id=str(agent.pk)).count() == 1
