@@ -182,3 +182,9 @@ def test_latest_events_are_newest_first():
     events = EventFactory.create_batch(4)
 
     assert events_latest(limit=2) == [events[3], events[2]]
+
+
+def test_a_since_later_than_every_event_finds_nothing():
+    EventFactory()
+    page = events_page(filters=EventFilter(since=timezone.now() + timedelta(days=1)))
+    assert page.events == []
