@@ -4,6 +4,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -60,7 +61,8 @@ def subprocess_env() -> dict[str, str]:
     else:
         user, password = settings_dict["USER"], settings_dict["PASSWORD"]
         host, port = settings_dict["HOST"], settings_dict["PORT"]
-        env["DATABASE_URL"] = f"postgres://{user}:{password}@{host}:{port}/{settings_dict['NAME']}"
+        netloc = f"{quote(user, safe='')}:{quote(password or '', safe='')}@{quote(host or '', safe='')}"
+        env["DATABASE_URL"] = f"postgres://{netloc}{':' + str(port) if port else ''}/{settings_dict['NAME']}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

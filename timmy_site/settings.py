@@ -8,6 +8,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -118,6 +119,8 @@ SQLITE_OPTIONS = {
 }
 if env.str("DATABASE_URL", default=""):
     _db = env.db("DATABASE_URL")
+    # A unix socket directory is written percent-encoded in the URL (postgres://user@%2Frun%2Fpostgresql/db).
+    _db["HOST"] = unquote(_db.get("HOST", ""))
     if _db["ENGINE"] == "django.db.backends.sqlite3":
         _db["ENGINE"] = SQLITE_ENGINE
         _db["OPTIONS"] = {**SQLITE_OPTIONS, **_db.get("OPTIONS", {})}
