@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEV := DJANGO_DEBUG=1
 
-.PHONY: setup run test lint manage bench clean
+.PHONY: setup browser redis run test lint manage bench clean
 
-setup: $(VENV)/.installed browser
+setup: $(VENV)/.installed browser redis
 
 $(VENV)/.installed: requirements/base.txt requirements/ml.txt requirements/dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ browser:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "Install Chromium for the browser tests: sudo apt-get install chromium"; exit 1; fi; \
+	fi
+
+# The Redis channel-layer tests start their own redis-server on a free port; only the program is needed.
+redis:
+	@if [ ! -x /usr/bin/redis-server ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else echo "Install Redis for the channel-layer tests: sudo apt-get install redis-server"; exit 1; fi; \
 	fi
 
 run: $(VENV)/.installed

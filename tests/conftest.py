@@ -1,12 +1,17 @@
 import os
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import redis
 from django.db import connection
 from django.test import Client
 
@@ -14,6 +19,7 @@ from apps.core.services import api_token_create
 from tests.factories import StaffFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
+REDIS_START_SECONDS = 10
 
 
 @pytest.fixture
@@ -51,10 +57,87 @@ def api_client(staff_token: str) -> Client:
     return Client(headers={"Authorization": f"Bearer {staff_token}"})
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_redis(server: subprocess.Popen[bytes], client: redis.Redis, log: Path) -> None:
+    """Until `server` answers; its pid, not just PONG, since another run's redis-server may have taken the port."""
+    deadline = time.monotonic() + REDIS_START_SECONDS
+    while True:
+        try:
+            pid = client.info("server")["process_id"]
+        except redis.RedisError:  # not listening yet, or not a Redis on that port
+            pid = None
+        if pid == server.pid:
+            return
+        if pid is not None:
+            pytest.fail(f"another redis-server (pid {pid}) has taken the port of `{shlex.join(server.args)}`")
+        if server.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"`{shlex.join(server.args)}` did not answer:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for this test run, on a free port, with nothing persisted; `make setup` installs it."""
+    program = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(program).exists():
+        pytest.fail("redis-server is not installed; `make setup` installs it (apt-get install redis-server)")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    log = workdir / "redis.log"
+    argv = [program, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    with log.open("wb") as out:
+        server = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    try:
+        _wait_for_redis(server, client, log)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def channel_backend(request: pytest.FixtureRequest, settings: Any) -> str:
+    """Runs a test once with the in-memory channel layer and once with Redis, each a fresh, empty layer."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
+        settings.REDIS_URL = url
+        settings.CHANNEL_LAYERS = {
+            "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}}
+        }
+    else:
+        # Set even though it is the default: a new value makes channels build a new, empty layer.
+        settings.REDIS_URL = ""
+        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return str(request.param)
+
+
 @pytest.fixture
-def subprocess_env() -> dict[str, str]:
-    """Environment for a manage.py subprocess that uses this test's database (tests must use transactional_db)."""
-    env = dict(os.environ)
+def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """REDIS_URL for the subprocesses of a test on the redis channel backend, so they share its Redis."""
+    if "channel_backend" in request.fixturenames and request.getfixturevalue("channel_backend") == "redis":
+        return {"REDIS_URL": request.getfixturevalue("redis_url")}
+    return {}
+
+
+@pytest.fixture
+def subprocess_env(backend_env: dict[str, str]) -> dict[str, str]:
+    """Environment for a manage.py subprocess that uses this test's database (tests must use transactional_db)
+    and, on the redis channel backend, this test's Redis."""
+    env = {**os.environ, **backend_env}
     settings_dict = connection.settings_dict
     if connection.vendor == "sqlite":
         env["DATABASE_URL"] = f"sqlite:///{Path(settings_dict['NAME']).resolve()}"

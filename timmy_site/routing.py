@@ -1,4 +1,11 @@
-from typing import Any
+from django.urls import path
 
-# WebSocket routes of every app; the activity feed adds its consumer here.
-websocket_urlpatterns: list[Any] = []
+from apps.events.consumers import EventFeedConsumer
+from apps.events.feed import EventHub
+
+# One follower of the event table per web process, shared by all of its WebSocket clients.
+event_hub = EventHub()
+
+websocket_urlpatterns = [
+    path("ws/events/", EventFeedConsumer.as_asgi(hub=event_hub)),
+]

@@ -8,6 +8,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import environ
@@ -137,7 +138,18 @@ if _db["ENGINE"] == SQLITE_ENGINE:
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# With REDIS_URL (redis://host:port/db) the channel layer reaches every web process and the worker; without it,
+# each process has its own in-memory layer and the activity feed falls back to polling the event table.
+# channels-redis's pub/sub layer: the feed only sends "events were committed" nudges, which need no queueing
+# (the event table keeps the events), and its receive() can be cancelled cleanly.
+REDIS_URL = env.str("REDIS_URL", default="")
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -192,3 +204,12 @@ WORKER_STEPS = [
     "apps.swarm.worker.recover_stale_tasks",
     "apps.swarm.worker.close_due_auctions",
 ]
+
+# Live activity feed (WebSocket): events per second sent to one client, with bursts of up to a second's worth.
+WEBSOCKET_EVENT_THROTTLE = env.int("WEBSOCKET_EVENT_THROTTLE", default=10)
+# Events waiting to be sent to one slow client; beyond this, the client is told how many it skipped.
+ACTIVITY_FEED_BUFFER = env.int("ACTIVITY_FEED_BUFFER", default=100)
+# Open feed connections allowed from one client address (counted in each web process); more are refused.
+WEBSOCKET_MAX_PER_IP = env.int("WEBSOCKET_MAX_PER_IP", default=20)
+# How often each web process checks the event table when no Redis nudge arrives.
+ACTIVITY_FEED_POLL_SECONDS = env.float("ACTIVITY_FEED_POLL_SECONDS", default=0.1)

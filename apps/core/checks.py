@@ -25,6 +25,13 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             import_string(path)
         except ImportError as exc:
             errors.append(Error(f"WORKER_STEPS entry {path!r} cannot be imported: {exc}", id="timmy.E004"))
+    for name in ("WEBSOCKET_EVENT_THROTTLE", "ACTIVITY_FEED_BUFFER", "WEBSOCKET_MAX_PER_IP"):
+        if getattr(settings, name) < 1:
+            errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))
+    if not 0 < settings.ACTIVITY_FEED_POLL_SECONDS <= 10:
+        errors.append(
+            Error("ACTIVITY_FEED_POLL_SECONDS must be above 0 and at most 10 (the live feed's delay).", id="timmy.E007")
+        )
     if not os.access(settings.DATA_DIR, os.W_OK):
         errors.append(Error(f"TIMMY_DATA_DIR {settings.DATA_DIR} is not writable.", id="timmy.E005"))
     return errors

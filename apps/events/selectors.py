@@ -1,7 +1,8 @@
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Max, Min, QuerySet
 from django.utils import timezone
 
 from apps.events.models import Event
@@ -68,3 +69,52 @@ def events_summary(*, minutes: int) -> dict[str, int]:
 
 def events_latest(*, limit: int = 10) -> list[Event]:
     return list(Event.objects.order_by("-id")[:limit])
+
+
+def events_after(
+    after_id: int, *, up_to_id: int | None = None, event_types: frozenset[str] | None = None, limit: int = 500
+) -> list[Event]:
+    """Events with after_id < id <= up_to_id, oldest first: how the live feed follows and replays the log."""
+    qs = Event.objects.filter(id__gt=after_id)
+    if up_to_id is not None:
+        qs = qs.filter(id__lte=up_to_id)
+    if event_types:
+        qs = qs.filter(event_type__in=event_types)
+    return list(qs.order_by("id")[:limit])
+
+
+def event_count_between(
+    after_id: int, before_id: int, *, event_types: frozenset[str] | None = None
+) -> tuple[int, int | None, int | None]:
+    """How many events lie strictly between two ids, with the first and last of them."""
+    qs = Event.objects.filter(id__gt=after_id, id__lt=before_id)
+    if event_types:
+        qs = qs.filter(event_type__in=event_types)
+    stats = qs.aggregate(n=Count("id"), first=Min("id"), last=Max("id"))
+    return stats["n"], stats["first"], stats["last"]
+
+
+def event_id_before_newest(
+    after_id: int, up_to_id: int, *, keep: int, event_types: frozenset[str] | None = None
+) -> int | None:
+    """The id of the `keep`-th newest event in (after_id, up_to_id], or None when there are fewer."""
+    qs = Event.objects.filter(id__gt=after_id, id__lte=up_to_id)
+    if event_types:
+        qs = qs.filter(event_type__in=event_types)
+    return qs.order_by("-id").values_list("id", flat=True)[keep - 1 : keep].first()
+
+
+def event_latest_id() -> int:
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "event_type": event.event_type,
+        "source": event.source,
+        "task_id": event.task_id,
+        "agent_id": event.agent_id,
+        "timestamp": event.timestamp.isoformat(),
+        "data": event.data,
+    }

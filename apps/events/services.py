@@ -5,9 +5,11 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
+from django.conf import settings
 from django.db import connections, router, transaction
 from django.utils import timezone
 
+from apps.events.feed import feed_nudger
 from apps.events.models import Event, is_known_event_type
 
 REDACTED = "[REDACTED]"
@@ -160,9 +162,13 @@ def log_event(
         data=cleaned,
         timestamp=timezone.now(),
     )
-    event.id = _insert(event, encoded)
+    alias = router.db_for_write(Event)
+    event.id = _insert(event, encoded, alias)
     event._state.adding = False
-    event._state.db = router.db_for_write(Event)
+    event._state.db = alias
+    if settings.REDIS_URL:
+        # Live clients in every web process hear of it at once; without Redis they do at the next poll.
+        feed_nudger.schedule(alias)
     return event
 
 
@@ -170,16 +176,20 @@ _INSERT_SQL = (
     "INSERT INTO event_log (event_type, source, task_id, agent_id, data, timestamp) "
     "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id"
 )
+# On PostgreSQL, ids are handed out before commit, so two transactions could commit their events out of id
+# order and a follower of the log (the live feed) could step over the late one. A transaction-scoped advisory
+# lock makes event writers commit in id order, as SQLite's single writer does by itself.
 _INSERT_SQL_POSTGRES = (
+    "WITH ordered AS (SELECT pg_advisory_xact_lock(7310021)) "
     "INSERT INTO event_log (event_type, source, task_id, agent_id, data, timestamp) "
-    "VALUES (%s, %s, %s, %s, CAST(%s AS jsonb), %s) RETURNING id"
+    "SELECT %s, %s, %s, %s, CAST(%s AS jsonb), %s FROM ordered RETURNING id"
 )
 
 
-def _insert(event: Event, encoded_data: str) -> int:
+def _insert(event: Event, encoded_data: str, alias: str) -> int:
     # Every state change of every app goes through here, so it skips the ORM's per-save machinery
     # (signals, field preparation): one prepared INSERT with the JSON already encoded above.
-    connection = connections[router.db_for_write(Event)]
+    connection = connections[alias]
     sql = _INSERT_SQL_POSTGRES if connection.vendor == "postgresql" else _INSERT_SQL
     params = [
         event.event_type,

@@ -1,13 +1,18 @@
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from apps.core.decorators import staff_required
 from apps.core.types import HtmxHttpRequest
 from apps.events.forms import EventFilterForm
-from apps.events.selectors import EventFilter, events_page
+from apps.events.models import EventType
+from apps.events.selectors import EventFilter, event_latest_id, events_latest, events_page
+from apps.swarm.models import Agent
 from apps.swarm.selectors import agent_names
 
 PAGE_SIZE = 50
+# The live page opens with this many events rendered; static/js/live.js then keeps up to LIVE_LIST_MAX.
+LIVE_INITIAL = 50
+LIVE_LIST_MAX = 200
 
 
 @staff_required
@@ -43,3 +48,35 @@ def _query_without_before(request: HtmxHttpRequest) -> str:
     params = request.GET.copy()
     params.pop("before", None)
     return params.urlencode()
+
+
+@staff_required
+def live(request: HttpRequest) -> HttpResponse:
+    """The live activity feed: the newest events at once, then static/js/live.js follows /ws/events/ from `since`."""
+    event_type = request.GET.get("event_type", "")
+    if event_type not in EventType.values:
+        event_type = ""
+    if event_type:
+        # `since` is the newest id of the whole log, read first: every event of the type up to it is either
+        # rendered here or older than the rendered ones, and the subscription resumes right after it.
+        since = event_latest_id()
+        filters = EventFilter(event_type=event_type)
+        events = events_page(filters=filters, before_id=since + 1, limit=LIVE_INITIAL).events
+    else:
+        events = events_latest(limit=LIVE_INITIAL)
+        since = events[0].id if events else 0
+    # Every agent (a swarm is a handful): the script names the agents of events that do not carry the name.
+    agents = list(Agent.objects.only("id", "name").order_by("name"))
+    return render(
+        request,
+        "events/live.html",
+        {
+            "events": events,
+            "since": since,
+            "limit": LIVE_LIST_MAX,
+            "event_types": EventType.values,
+            "selected_type": event_type,
+            "agents": agents,
+            "agent_names": {str(agent.pk): agent.name for agent in agents},
+        },
+    )

@@ -16,3 +16,11 @@ def test_a_misspelt_worker_step_is_caught_at_start_up(settings):
 
 def test_default_settings_pass_the_checks():
     assert [m.id for m in run_checks() if m.id and m.id.startswith("timmy.")] == []
+
+
+def test_a_live_feed_that_could_never_send_anything_is_caught_at_start_up(settings):
+    settings.WEBSOCKET_EVENT_THROTTLE = 0
+    settings.ACTIVITY_FEED_POLL_SECONDS = 0
+    ids = [message.id for message in run_checks()]
+    assert "timmy.E006" in ids
+    assert "timmy.E007" in ids

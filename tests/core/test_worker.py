@@ -193,7 +193,7 @@ def test_the_home_page_shows_task_counts_agents_and_latest_events(staff_client):
     assert '<span class="badge status-assigned">assigned 1</span>' in html
     assert '<li>ada <span class="badge agent-idle">idle</span> <span class="muted">1 win</span></li>' in html
     assert f"task #{task.pk}</a>" in html
-    assert '<code class="etype">task.assigned</code>' in html
+    assert 'data-type="task.assigned"' in html and "Assigned for 30 sats" in html
 
 
 # --- manage.py run_worker ---
