@@ -17,17 +17,12 @@ extra information (`debug_on`).
 """
 
 import argparse
-import atexit
 import json
-import os
 import platform
-import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,37 +31,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(tempfile.mkdtemp(prefix="timmy-bench-"))
-atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)
-# Turn SIGTERM into SystemExit so the temporary directory is still removed.
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+from isolated import DATA_DIR, ROOT  # first: sets up Django in a temporary data dir, removed at exit
 
-os.environ.update(
-    {
-        "DJANGO_SETTINGS_MODULE": "timmy_site.settings",
-        "TIMMY_DATA_DIR": str(DATA_DIR),
-        # Set (empty) rather than unset, so that a DATABASE_URL in .env cannot point the benchmark at real data.
-        "DATABASE_URL": "",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "LOG_LEVEL": "WARNING",
-    }
-)
-sys.path.insert(0, str(ROOT))
+# isort: split
+import django
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.test import Client
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.conf import settings  # noqa: E402
-from django.contrib.auth import get_user_model  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
-from django.test import Client  # noqa: E402
-
-from apps.events.services import log_event  # noqa: E402
-from apps.swarm.models import Agent  # noqa: E402
+from apps.events.services import log_event
+from apps.swarm.models import Agent
 
 LOG_EVENT_TARGET = 0.40
 PAGE_RATIO_TARGET = 2.0

@@ -33,10 +33,8 @@ import atexit
 import json
 import os
 import platform
-import secrets
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -52,38 +50,17 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from isolated import DATA_DIR, ROOT  # first: sets up Django in a temporary data dir, removed at exit
+
+# isort: split
+import django
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+
 BENCH = Path(__file__).resolve().parent
-DATA_DIR = Path(tempfile.mkdtemp(prefix="timmy-bench-feed-"))
-atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)
-# Turn SIGTERM into SystemExit so the children are stopped and the temporary directory is removed.
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-os.environ.update(
-    {
-        "DJANGO_SETTINGS_MODULE": "timmy_site.settings",
-        "TIMMY_DATA_DIR": str(DATA_DIR),
-        # Set (empty) rather than unset, so that a DATABASE_URL or REDIS_URL in .env cannot point the benchmark at
-        # real data or a shared Redis.
-        "DATABASE_URL": "",
-        "REDIS_URL": "",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "LOG_LEVEL": "WARNING",
-    }
-)
-sys.path.insert(0, str(ROOT))
-
-import django  # noqa: E402
-
-django.setup()
-
-from django.conf import settings  # noqa: E402
-from django.contrib.auth import get_user_model  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test import Client  # noqa: E402
-
 EMBEDDED_P95_TARGET_MS = 250.0
 REDIS_P95_TARGET_MS = 50.0
 DELIVERED_TARGET = 1.0

@@ -1,0 +1,38 @@
+"""Set up Django for a benchmark in a temporary data dir of its own, removed at exit.
+
+Import this module before anything from Django or the project: it sets the environment and calls django.setup().
+"""
+
+import atexit
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(tempfile.mkdtemp(prefix="timmy-bench-"))
+atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)
+# Turn SIGTERM into SystemExit so the temporary directory is still removed (and atexit handlers run).
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+os.environ.update(
+    {
+        "DJANGO_SETTINGS_MODULE": "timmy_site.settings",
+        "TIMMY_DATA_DIR": str(DATA_DIR),
+        # Set (empty) rather than unset, so that a DATABASE_URL or REDIS_URL in .env cannot point the benchmark at
+        # real data or a shared Redis.
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "LOG_LEVEL": "WARNING",
+    }
+)
+sys.path.insert(0, str(ROOT))
+
+import django  # noqa: E402
+
+django.setup()
