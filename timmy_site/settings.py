@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.events",
     "apps.swarm",
+    "apps.providers",
     "apps.agents",
 ]
 
@@ -213,3 +214,16 @@ ACTIVITY_FEED_BUFFER = env.int("ACTIVITY_FEED_BUFFER", default=100)
 WEBSOCKET_MAX_PER_IP = env.int("WEBSOCKET_MAX_PER_IP", default=20)
 # How often each web process checks the event table when no Redis nudge arrives.
 ACTIVITY_FEED_POLL_SECONDS = env.float("ACTIVITY_FEED_POLL_SECONDS", default=0.1)
+
+# Cascade router (ADR-020). A provider's breaker opens after this many consecutive failures...
+CIRCUIT_BREAKER_THRESHOLD = env.int("CIRCUIT_BREAKER_THRESHOLD", default=5)
+# ...and lets one probe request through this many seconds later.
+CIRCUIT_BREAKER_RECOVERY_SECONDS = env.int("CIRCUIT_BREAKER_RECOVERY_SECONDS", default=60)
+# The local Ollama server and the model asked of it; `providers_sync` copies these into new provider rows.
+OLLAMA_HOST = env.str("OLLAMA_HOST", default="http://127.0.0.1:11434")
+OLLAMA_MODEL = env.str("OLLAMA_MODEL", default="llama3.2")
+# A local model directory for AirLLM; empty leaves that provider disabled.
+AIRLLM_MODEL_PATH = env.str("AIRLLM_MODEL_PATH", default="")
+# An OpenAI-compatible API; OPENAI_API_KEY is read from the environment at call time only, never stored.
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")

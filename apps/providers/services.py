@@ -1,0 +1,244 @@
+"""Provider rows and the circuit breaker (ADR-020).
+
+The breaker's state lives in `provider_metrics`, so every web process and worker sees the same one. Each
+transition is a conditional UPDATE that names the state it leaves: when two processes race, the database
+lets exactly one of them make it, and only that one logs the event.
+"""
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.db.models import F, Q
+
+from apps.events.services import REDACTED, clean_text, log_event
+from apps.providers.models import CircuitState, Provider, ProviderMetrics, ProviderRequest
+
+SOURCE = "providers.breaker"
+LAST_ERROR_MAX = 300
+PRUNE_BATCH = 500
+
+
+class ProviderError(Exception):
+    pass
+
+
+class UnknownErrorClass(ProviderError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DefaultProvider:
+    name: str
+    kind: str
+    priority: int
+    enabled: bool
+    model: str
+    base_url: str
+
+
+def default_providers() -> list[DefaultProvider]:
+    """The three providers of ADR-020 as the settings and environment describe them now."""
+    openai_configured = bool(settings.OPENAI_BASE_URL or os.environ.get("OPENAI_API_KEY"))
+    return [
+        DefaultProvider("ollama", Provider.Kind.OLLAMA, 1, True, settings.OLLAMA_MODEL, settings.OLLAMA_HOST),
+        DefaultProvider(
+            "airllm", Provider.Kind.AIRLLM, 2, bool(settings.AIRLLM_MODEL_PATH), settings.AIRLLM_MODEL_PATH, ""
+        ),
+        DefaultProvider(
+            "openai",
+            Provider.Kind.OPENAI,
+            3,
+            openai_configured,
+            settings.OPENAI_MODEL,
+            settings.OPENAI_BASE_URL or ("https://api.openai.com/v1" if openai_configured else ""),
+        ),
+    ]
+
+
+def providers_ensure_defaults() -> list[Provider]:
+    """Create the default providers that do not exist yet and return them; existing rows are left as they are,
+    so an operator's edits in the admin survive every start-up."""
+    created = []
+    for default in default_providers():
+        with transaction.atomic():
+            provider, was_created = Provider.objects.get_or_create(
+                name=default.name,
+                defaults={
+                    "kind": default.kind,
+                    "priority": default.priority,
+                    "enabled": default.enabled,
+                    "model": default.model,
+                    "base_url": default.base_url,
+                },
+            )
+            _metrics_ensure(provider)
+        if was_created:
+            created.append(provider)
+    return created
+
+
+def _metrics_ensure(provider: Provider) -> None:
+    # Providers added in the admin get their row on first use.
+    ProviderMetrics.objects.get_or_create(provider=provider)
+
+
+def _short_error(message: str) -> str:
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if key:
+        message = message.replace(key, REDACTED)
+    return clean_text(message, max_length=LAST_ERROR_MAX)
+
+
+def _log(event_type: str, provider: Provider, **data: object) -> None:
+    log_event(event_type, source=SOURCE, data={"provider": provider.name, **data})
+
+
+# --- the circuit breaker ---
+
+
+def breaker_allows(provider: Provider, *, now: datetime) -> bool:
+    """Whether a request may go to `provider` now.
+
+    Closed: yes. Open, or half-open with its probe lost, past the recovery time: one caller, chosen by the
+    conditional update, becomes the probe and gets yes; everyone else, no.
+    """
+    _metrics_ensure(provider)
+    metrics = ProviderMetrics.objects.filter(provider=provider)
+    if metrics.filter(circuit_state=CircuitState.CLOSED).exists():
+        return True
+    recovered_before = now - timedelta(seconds=settings.CIRCUIT_BREAKER_RECOVERY_SECONDS)
+    due = Q(circuit_state=CircuitState.OPEN, opened_at__lte=recovered_before) | Q(
+        circuit_state=CircuitState.HALF_OPEN, probe_started_at__lte=recovered_before
+    )
+    return bool(metrics.filter(due).update(circuit_state=CircuitState.HALF_OPEN, probe_started_at=now, updated_at=now))
+
+
+def breaker_record_success(
+    provider: Provider,
+    *,
+    now: datetime,
+    latency_ms: int,
+    model: str = "",
+    time_to_first_token_ms: int | None = None,
+    tokens_in: int = 0,
+    tokens_out: int = 0,
+) -> ProviderRequest:
+    """Record a request that answered; it closes the breaker whatever its state."""
+    _metrics_ensure(provider)
+    with transaction.atomic():
+        request = ProviderRequest.objects.create(
+            provider=provider,
+            model=model,
+            started_at=now - timedelta(milliseconds=latency_ms),
+            latency_ms=latency_ms,
+            time_to_first_token_ms=time_to_first_token_ms,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            outcome=ProviderRequest.Outcome.SUCCESS,
+        )
+        metrics = ProviderMetrics.objects.filter(provider=provider)
+        # In one UPDATE every F() reads the row as it was, so the mean uses the old count.
+        metrics.update(
+            total_requests=F("total_requests") + 1,
+            successful_requests=F("successful_requests") + 1,
+            average_latency_ms=(F("average_latency_ms") * F("successful_requests") + latency_ms)
+            / (F("successful_requests") + 1.0),
+            consecutive_failures=0,
+            updated_at=now,
+        )
+        if metrics.exclude(circuit_state=CircuitState.CLOSED).update(
+            circuit_state=CircuitState.CLOSED, opened_at=None, probe_started_at=None
+        ):
+            _log("provider.circuit_closed", provider, reason="a request succeeded")
+    return request
+
+
+def breaker_record_failure(
+    provider: Provider,
+    *,
+    now: datetime,
+    error_class: str,
+    message: str,
+    latency_ms: int = 0,
+    model: str = "",
+    tokens_in: int = 0,
+) -> ProviderRequest:
+    """Record a failed request. The breaker opens after CIRCUIT_BREAKER_THRESHOLD consecutive failures, or at
+    once when the half-open probe fails. A failure below the threshold changes nothing about routing."""
+    if error_class not in ProviderRequest.ErrorClass.values or not error_class:
+        raise UnknownErrorClass(f"unknown error class {error_class!r}")
+    _metrics_ensure(provider)
+    error = _short_error(message)
+    threshold = settings.CIRCUIT_BREAKER_THRESHOLD
+    with transaction.atomic():
+        request = ProviderRequest.objects.create(
+            provider=provider,
+            model=model,
+            started_at=now - timedelta(milliseconds=latency_ms),
+            latency_ms=latency_ms,
+            tokens_in=tokens_in,
+            outcome=ProviderRequest.Outcome.FAILURE,
+            error_class=error_class,
+        )
+        metrics = ProviderMetrics.objects.filter(provider=provider)
+        metrics.update(
+            total_requests=F("total_requests") + 1,
+            failed_requests=F("failed_requests") + 1,
+            consecutive_failures=F("consecutive_failures") + 1,
+            last_error_at=now,
+            last_error=error,
+            updated_at=now,
+        )
+        opened = {"circuit_state": CircuitState.OPEN, "opened_at": now, "probe_started_at": None}
+        if metrics.filter(circuit_state=CircuitState.HALF_OPEN).update(**opened):
+            _log("provider.circuit_opened", provider, reason="the half-open probe failed", error_class=error_class)
+        elif metrics.filter(circuit_state=CircuitState.CLOSED, consecutive_failures__gte=threshold).update(**opened):
+            failures = metrics.values_list("consecutive_failures", flat=True).get()
+            _log(
+                "provider.circuit_opened",
+                provider,
+                reason=f"{failures} consecutive failures",
+                error_class=error_class,
+            )
+    return request
+
+
+def breaker_reset(provider: Provider, *, actor: AbstractBaseUser | AnonymousUser) -> bool:
+    """Close the breaker by hand and clear its failure count; False if there was nothing to reset."""
+    _metrics_ensure(provider)
+    with transaction.atomic():
+        metrics = ProviderMetrics.objects.filter(provider=provider)
+        previous = metrics.values_list("circuit_state", "consecutive_failures").get()
+        if (
+            not metrics.filter(circuit_state=previous[0], consecutive_failures=previous[1])
+            .exclude(circuit_state=CircuitState.CLOSED, consecutive_failures=0)
+            .update(circuit_state=CircuitState.CLOSED, consecutive_failures=0, opened_at=None, probe_started_at=None)
+        ):
+            return False
+        _log(
+            "provider.circuit_reset",
+            provider,
+            by=actor.get_username(),
+            previous_state=previous[0],
+            consecutive_failures=previous[1],
+        )
+    return True
+
+
+def provider_requests_prune(*, older_than: datetime) -> int:
+    """Delete request rows started before `older_than`, in small batches; metrics keep their totals."""
+    removed = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                ProviderRequest.objects.filter(started_at__lt=older_than)
+                .order_by("id")
+                .values_list("id", flat=True)[:PRUNE_BATCH]
+            )
+            if not ids:
+                return removed
+            removed += ProviderRequest.objects.filter(id__in=ids).delete()[0]
