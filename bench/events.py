@@ -19,10 +19,7 @@ extra information (`debug_on`).
 import argparse
 import json
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from isolated import DATA_DIR, ROOT  # first: sets up Django in a temporary data dir, removed at exit
+from isolated import DATA_DIR, code_version, say  # first: sets up Django in a temporary data dir, removed at exit
 
 # isort: split
 import django
@@ -48,19 +45,6 @@ LOG_EVENT_TARGET = 0.40
 PAGE_RATIO_TARGET = 2.0
 
 RAW_INSERT = "INSERT INTO event_log (event_type, source, task_id, agent_id, data, timestamp) VALUES (?, ?, ?, ?, ?, ?)"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def code_version() -> str:
-    """The commit measured, with "-dirty" when the working tree differs from it."""
-    git = shutil.which("git")
-    if git is None:
-        return "unknown"
-    described = subprocess.run([git, "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-    return described.stdout.strip() or "unknown"
 
 
 # --- 1. log_event against a raw INSERT ---

@@ -50,7 +50,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
-from isolated import DATA_DIR, ROOT  # first: sets up Django in a temporary data dir, removed at exit
+from isolated import DATA_DIR, ROOT, code_version, say  # first: sets up Django in a temporary data dir, removed at exit
 
 # isort: split
 import django
@@ -74,19 +74,6 @@ ASGI_APPLICATION = "timmy_site.asgi:application"  # what `manage.py serve` runs
 PHASES = ("latency_embedded", "latency_redis", "load_embedded", "load_redis")
 
 CHILDREN: list[subprocess.Popen[Any]] = []
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def code_version() -> str:
-    """The commit measured, with "-dirty" when the working tree differs from it."""
-    git = shutil.which("git")
-    if git is None:
-        return "unknown"
-    described = subprocess.run([git, "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-    return described.stdout.strip() or "unknown"
 
 
 # --- processes ---

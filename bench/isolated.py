@@ -1,4 +1,4 @@
-"""Set up Django for a benchmark in a temporary data dir of its own, removed at exit.
+"""Set up Django for a benchmark in a temporary data dir of its own, removed at exit; and what benchmarks share.
 
 Import this module before anything from Django or the project: it sets the environment and calls django.setup().
 """
@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,3 +37,16 @@ sys.path.insert(0, str(ROOT))
 import django  # noqa: E402
 
 django.setup()
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def code_version() -> str:
+    """The commit measured, with "-dirty" when the working tree differs from it."""
+    git = shutil.which("git")
+    if git is None:
+        return "unknown"
+    described = subprocess.run([git, "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    return described.stdout.strip() or "unknown"

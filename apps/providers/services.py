@@ -97,6 +97,20 @@ def _log(event_type: str, provider: Provider, **data: object) -> None:
     log_event(event_type, source=SOURCE, data={"provider": provider.name, **data})
 
 
+def _request_record(
+    provider: Provider, *, now: datetime, latency_ms: int, model: str, outcome: str, **fields: object
+) -> ProviderRequest:
+    """One row per request: `now` is when it ended, so it started latency_ms before."""
+    return ProviderRequest.objects.create(
+        provider=provider,
+        model=model,
+        started_at=now - timedelta(milliseconds=latency_ms),
+        latency_ms=latency_ms,
+        outcome=outcome,
+        **fields,
+    )
+
+
 # --- the circuit breaker ---
 
 
@@ -130,15 +144,15 @@ def breaker_record_success(
     """Record a request that answered; it closes the breaker whatever its state."""
     _metrics_ensure(provider)
     with transaction.atomic():
-        request = ProviderRequest.objects.create(
-            provider=provider,
-            model=model,
-            started_at=now - timedelta(milliseconds=latency_ms),
+        request = _request_record(
+            provider,
+            now=now,
             latency_ms=latency_ms,
+            model=model,
+            outcome=ProviderRequest.Outcome.SUCCESS,
             time_to_first_token_ms=time_to_first_token_ms,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
-            outcome=ProviderRequest.Outcome.SUCCESS,
         )
         metrics = ProviderMetrics.objects.filter(provider=provider)
         # In one UPDATE every F() reads the row as it was, so the mean uses the old count.
@@ -175,13 +189,13 @@ def breaker_record_failure(
     error = _short_error(message)
     threshold = settings.CIRCUIT_BREAKER_THRESHOLD
     with transaction.atomic():
-        request = ProviderRequest.objects.create(
-            provider=provider,
-            model=model,
-            started_at=now - timedelta(milliseconds=latency_ms),
+        request = _request_record(
+            provider,
+            now=now,
             latency_ms=latency_ms,
-            tokens_in=tokens_in,
+            model=model,
             outcome=ProviderRequest.Outcome.FAILURE,
+            tokens_in=tokens_in,
             error_class=error_class,
         )
         metrics = ProviderMetrics.objects.filter(provider=provider)

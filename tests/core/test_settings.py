@@ -7,6 +7,8 @@ from pathlib import Path
 
 from django.db import connection
 
+from tests.gated import gated
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 
@@ -88,32 +90,12 @@ def test_processes_starting_at_once_in_a_new_data_dir_agree_on_one_secret_key(tm
     # serve starts the dashboard and the worker together; on a first run both create the key.
     for attempt in range(3):
         env = clean_env(tmp_path / str(attempt))
-        starters = [
-            subprocess.Popen(
-                [sys.executable, "-c", KEY_AT_THE_GATE],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(12)
-        ]
-        try:
-            for starter in starters:
-                assert starter.stdin is not None
-                starter.stdin.write("go\n")
-                starter.stdin.flush()
-            results = [(starter.communicate(timeout=TIMEOUT), starter.returncode) for starter in starters]
-        finally:
-            for starter in starters:
-                if starter.poll() is None:
-                    starter.kill()
-                    starter.wait()
-        for (_, stderr), returncode in results:
+        with gated([["-c", KEY_AT_THE_GATE]] * 12, env=env) as starters:
+            starters.release()
+            results = starters.finish(timeout=TIMEOUT)
+        for _, stderr, returncode in results:
             assert returncode == 0, stderr
-        keys = {stdout.strip() for (stdout, _), _ in results}
+        keys = {stdout.strip() for stdout, _, _ in results}
         assert keys == {(tmp_path / str(attempt) / "secret_key").read_text().strip()}
         assert len(keys.pop()) >= 50
         assert sorted(p.name for p in (tmp_path / str(attempt)).iterdir()) == ["secret_key"]

@@ -1,17 +1,14 @@
 """Two processes asking an open breaker at once, past its recovery time: exactly one becomes the probe."""
 
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 from django.utils import timezone
 
 from apps.providers.models import CircuitState, ProviderMetrics
 from apps.providers.services import providers_ensure_defaults
+from tests.gated import gated
 from tests.providers.conftest import RECOVERY
 
-ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 5
 TIMEOUT = 60
 
@@ -40,37 +37,14 @@ def open_long_ago() -> None:
 def test_two_processes_racing_for_the_half_open_probe_let_exactly_one_through(transactional_db, subprocess_env):
     providers_ensure_defaults()
     env = {**subprocess_env, "CIRCUIT_BREAKER_RECOVERY_SECONDS": str(RECOVERY)}
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "shell", "--no-imports", "-c", RACER],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    try:
-        for racer in racers:
-            assert racer.stdout is not None
-            assert racer.stdout.readline() == "ready\n"
+    with gated([["manage.py", "shell", "--no-imports", "-c", RACER]] * 2, env=env) as racers:
+        racers.wait_ready()
         for _ in range(ROUNDS):
             open_long_ago()
-            for racer in racers:
-                assert racer.stdin is not None
-                racer.stdin.write("go\n")
-                racer.stdin.flush()
-            answers = [racer.stdout.readline().strip() for racer in racers]  # type: ignore[union-attr]
-            assert sorted(answers) == ["False", "True"]
+            racers.release()
+            assert sorted(racers.answers()) == ["False", "True"]
             assert ProviderMetrics.objects.get(provider__name="ollama").circuit_state == CircuitState.HALF_OPEN
-        outputs = [racer.communicate(timeout=TIMEOUT) for racer in racers]
-    finally:
-        for racer in racers:
-            if racer.poll() is None:
-                racer.kill()
-                racer.wait()
-    for racer, (_, stderr) in zip(racers, outputs, strict=True):
-        assert racer.returncode == 0, stderr
+        outputs = racers.finish(timeout=TIMEOUT)
+    for _, stderr, returncode in outputs:
+        assert returncode == 0, stderr
         assert "Traceback" not in stderr

@@ -1,11 +1,8 @@
 """Two workers racing on the same due auctions: each task is assigned exactly once."""
 
 import re
-import subprocess
-import sys
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 
 from django.utils import timezone
 
@@ -13,8 +10,8 @@ from apps.core.models import WorkerHeartbeat
 from apps.events.models import Event, EventType
 from apps.swarm.models import Agent, Task
 from tests.factories import AgentFactory, BidFactory, TaskFactory
+from tests.gated import gated
 
-ROOT = Path(__file__).resolve().parents[2]
 TASKS = 80  # under the 100 auctions one pass of the worker closes
 TIMEOUT = 60
 
@@ -43,35 +40,14 @@ def test_two_workers_racing_on_the_same_due_auctions_assign_each_task_exactly_on
             BidFactory(task=task, agent=agent, amount_sats=10 + 10 * ((i - n) % len(agents)))
         expected_winner[task.pk] = agents[n % len(agents)].pk
 
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", STARTING_GATE, "run_worker", "--once", "--worker-id", f"racer-{i}"],
-            cwd=ROOT,
-            env=subprocess_env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        for racer in racers:
-            assert racer.stdout is not None
-            assert racer.stdout.readline() == "ready\n"
-        for racer in racers:
-            assert racer.stdin is not None
-            racer.stdin.write("go\n")
-            racer.stdin.flush()
-        outputs = [racer.communicate(timeout=TIMEOUT) for racer in racers]
-    finally:
-        for racer in racers:
-            if racer.poll() is None:
-                racer.kill()
-                racer.wait()
+    commands = [["-c", STARTING_GATE, "run_worker", "--once", "--worker-id", f"racer-{i}"] for i in range(2)]
+    with gated(commands, env=subprocess_env) as racers:
+        racers.wait_ready()
+        racers.release()
+        outputs = racers.finish(timeout=TIMEOUT)
 
-    for racer, (stdout, stderr) in zip(racers, outputs, strict=True):
-        assert racer.returncode == 0, stderr
+    for stdout, stderr, returncode in outputs:
+        assert returncode == 0, stderr
         assert "database is locked" not in stderr
         assert "Traceback" not in stderr
         assert "Worker stopped." in stdout
@@ -83,7 +59,7 @@ def test_two_workers_racing_on_the_same_due_auctions_assign_each_task_exactly_on
     assert max(beat.started_at for beat in beats) < min(beat.stopped_at for beat in beats if beat.stopped_at)
 
     # Each worker counts only the auctions it closed itself.
-    handled = [re.findall(r"Handled (\d+) item", stdout) for stdout, _ in outputs]
+    handled = [re.findall(r"Handled (\d+) item", stdout) for stdout, _, _ in outputs]
     assert all(len(counts) == 1 for counts in handled)
     assert sum(int(counts[0]) for counts in handled) == TASKS
 
