@@ -1,7 +1,9 @@
 from ninja import NinjaAPI
 
+from apps.agents.api import router as chat_router
 from apps.core.auth import api_auth
 from apps.events.api import router as events_router
+from apps.providers.api import router as providers_router
 from apps.swarm.api import router as swarm_router
 
 api = NinjaAPI(
@@ -14,3 +16,5 @@ api = NinjaAPI(
 )
 api.add_router("/events", events_router)
 api.add_router("/", swarm_router)
+api.add_router("/router", providers_router)
+api.add_router("/", chat_router)

@@ -204,6 +204,7 @@ WORKER_STALE_SECONDS = env.float("WORKER_STALE_SECONDS", default=30.0)
 WORKER_STEPS = [
     "apps.swarm.worker.recover_stale_tasks",
     "apps.swarm.worker.close_due_auctions",
+    "apps.providers.worker.prune_requests",
 ]
 
 # Live activity feed (WebSocket): events per second sent to one client, with bursts of up to a second's worth.
@@ -227,3 +228,5 @@ AIRLLM_MODEL_PATH = env.str("AIRLLM_MODEL_PATH", default="")
 # An OpenAI-compatible API; OPENAI_API_KEY is read from the environment at call time only, never stored.
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
+# Per-request records behind the status page's percentiles and chart; the metrics keep their totals.
+PROVIDER_REQUEST_RETENTION_DAYS = env.int("PROVIDER_REQUEST_RETENTION_DAYS", default=7)

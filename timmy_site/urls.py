@@ -13,5 +13,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("swarm/", include("apps.swarm.urls")),
     path("swarm/", include("apps.events.urls")),
+    path("router/", include("apps.providers.urls")),
+    path("", include("apps.agents.urls")),
     path("", include("apps.core.urls")),
 ]

@@ -13,6 +13,7 @@ from django.utils.module_loading import import_string
 from apps.core import selectors, services
 from apps.events.models import EventType
 from apps.events.services import log_event
+from apps.providers.services import providers_ensure_defaults
 from apps.swarm import services as swarm_services
 
 logger = logging.getLogger("timmy.worker")
@@ -41,6 +42,7 @@ class Worker:
 
     def start(self) -> None:
         services.worker_register(worker_id=self.worker_id)
+        providers_ensure_defaults()
         joined = swarm_services.agents_bring_online(source=self.source)
         logger.info("worker %s started; %d agent(s) joined", self.worker_id, joined)
 

@@ -49,6 +49,8 @@ class ProviderMetrics(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     # Short and redacted: never a key, a token or a prompt.
     last_error = models.CharField(max_length=300, blank=True)
+    # auth / not_found are configuration errors: the status page flags them at once, not after the threshold.
+    last_error_class = models.CharField(max_length=20, blank=True)
     circuit_state = models.CharField(max_length=10, choices=CircuitState.choices, default=CircuitState.CLOSED)
     consecutive_failures = models.PositiveIntegerField(default=0)
     opened_at = models.DateTimeField(null=True, blank=True)

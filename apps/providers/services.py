@@ -6,15 +6,18 @@ lets exactly one of them make it, and only that one logs the event.
 """
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
 
 from apps.events.services import REDACTED, clean_text, log_event
+from apps.providers import clients
 from apps.providers.models import CircuitState, Provider, ProviderMetrics, ProviderRequest
 
 SOURCE = "providers.breaker"
@@ -86,6 +89,17 @@ def _metrics_ensure(provider: Provider) -> None:
     ProviderMetrics.objects.get_or_create(provider=provider)
 
 
+def _metrics(provider: Provider) -> QuerySet[ProviderMetrics]:
+    return ProviderMetrics.objects.filter(provider=provider)
+
+
+def _metrics_update(provider: Provider, **changes: object) -> None:
+    # The router writes here on every request: the row nearly always exists, so update first, create if not.
+    if not _metrics(provider).update(**changes):
+        _metrics_ensure(provider)
+        _metrics(provider).update(**changes)
+
+
 def _short_error(message: str) -> str:
     key = os.environ.get("OPENAI_API_KEY", "")
     if key:
@@ -120,15 +134,19 @@ def breaker_allows(provider: Provider, *, now: datetime) -> bool:
     Closed: yes. Open, or half-open with its probe lost, past the recovery time: one caller, chosen by the
     conditional update, becomes the probe and gets yes; everyone else, no.
     """
-    _metrics_ensure(provider)
-    metrics = ProviderMetrics.objects.filter(provider=provider)
+    metrics = _metrics(provider)
     if metrics.filter(circuit_state=CircuitState.CLOSED).exists():
         return True
     recovered_before = now - timedelta(seconds=settings.CIRCUIT_BREAKER_RECOVERY_SECONDS)
     due = Q(circuit_state=CircuitState.OPEN, opened_at__lte=recovered_before) | Q(
         circuit_state=CircuitState.HALF_OPEN, probe_started_at__lte=recovered_before
     )
-    return bool(metrics.filter(due).update(circuit_state=CircuitState.HALF_OPEN, probe_started_at=now, updated_at=now))
+    if metrics.filter(due).update(circuit_state=CircuitState.HALF_OPEN, probe_started_at=now, updated_at=now):
+        return True
+    if not metrics.exists():  # a provider added in the admin, never used: closed
+        _metrics_ensure(provider)
+        return True
+    return False
 
 
 def breaker_record_success(
@@ -142,7 +160,7 @@ def breaker_record_success(
     tokens_out: int = 0,
 ) -> ProviderRequest:
     """Record a request that answered; it closes the breaker whatever its state."""
-    _metrics_ensure(provider)
+    metrics = _metrics(provider)
     with transaction.atomic():
         request = _request_record(
             provider,
@@ -154,9 +172,9 @@ def breaker_record_success(
             tokens_in=tokens_in,
             tokens_out=tokens_out,
         )
-        metrics = ProviderMetrics.objects.filter(provider=provider)
         # In one UPDATE every F() reads the row as it was, so the mean uses the old count.
-        metrics.update(
+        _metrics_update(
+            provider,
             total_requests=F("total_requests") + 1,
             successful_requests=F("successful_requests") + 1,
             average_latency_ms=(F("average_latency_ms") * F("successful_requests") + latency_ms)
@@ -180,12 +198,17 @@ def breaker_record_failure(
     latency_ms: int = 0,
     model: str = "",
     tokens_in: int = 0,
+    counts_for_breaker: bool = True,
 ) -> ProviderRequest:
     """Record a failed request. The breaker opens after CIRCUIT_BREAKER_THRESHOLD consecutive failures, or at
-    once when the half-open probe fails. A failure below the threshold changes nothing about routing."""
+    once when the half-open probe fails. A failure below the threshold changes nothing about routing.
+
+    A failure that is not the provider's fault (a prompt too long for its context) is recorded but does not
+    count: the breaker and its consecutive count are left as they are.
+    """
     if error_class not in ProviderRequest.ErrorClass.values or not error_class:
         raise UnknownErrorClass(f"unknown error class {error_class!r}")
-    _metrics_ensure(provider)
+    metrics = _metrics(provider)
     error = _short_error(message)
     threshold = settings.CIRCUIT_BREAKER_THRESHOLD
     with transaction.atomic():
@@ -198,15 +221,18 @@ def breaker_record_failure(
             tokens_in=tokens_in,
             error_class=error_class,
         )
-        metrics = ProviderMetrics.objects.filter(provider=provider)
-        metrics.update(
+        _metrics_update(
+            provider,
             total_requests=F("total_requests") + 1,
             failed_requests=F("failed_requests") + 1,
-            consecutive_failures=F("consecutive_failures") + 1,
+            consecutive_failures=F("consecutive_failures") + (1 if counts_for_breaker else 0),
             last_error_at=now,
             last_error=error,
+            last_error_class=error_class,
             updated_at=now,
         )
+        if not counts_for_breaker:
+            return request
         opened = {"circuit_state": CircuitState.OPEN, "opened_at": now, "probe_started_at": None}
         if metrics.filter(circuit_state=CircuitState.HALF_OPEN).update(**opened):
             _log("provider.circuit_opened", provider, reason="the half-open probe failed", error_class=error_class)
@@ -224,8 +250,8 @@ def breaker_record_failure(
 def breaker_reset(provider: Provider, *, actor: AbstractBaseUser | AnonymousUser) -> bool:
     """Close the breaker by hand and clear its failure count; False if there was nothing to reset."""
     _metrics_ensure(provider)
+    metrics = _metrics(provider)
     with transaction.atomic():
-        metrics = ProviderMetrics.objects.filter(provider=provider)
         previous = metrics.values_list("circuit_state", "consecutive_failures").get()
         if (
             not metrics.filter(circuit_state=previous[0], consecutive_failures=previous[1])
@@ -256,3 +282,47 @@ def provider_requests_prune(*, older_than: datetime) -> int:
             if not ids:
                 return removed
             removed += ProviderRequest.objects.filter(id__in=ids).delete()[0]
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    ok: bool
+    message: str
+    latency_ms: int
+    error_class: str = ""
+
+
+def provider_health_check(
+    provider: Provider, *, actor: AbstractBaseUser | AnonymousUser | None = None, now: datetime | None = None
+) -> HealthCheck:
+    """Ask the provider whether it is up and has its model, without a completion.
+
+    A pass closes an open breaker (the operator asked, and the provider answered); a failure is shown as the
+    last error but does not count towards opening the breaker: only real requests do.
+    """
+    now = now or timezone.now()
+    started = time.monotonic()
+    try:
+        message = clients.client_for(provider).health()
+    except clients.ProviderCallError as error:
+        check = HealthCheck(False, _short_error(error.message), clients.monotonic_ms(started), error.error_class)
+        _metrics_update(
+            provider, last_error_at=now, last_error=check.message, last_error_class=error.error_class, updated_at=now
+        )
+    else:
+        check = HealthCheck(True, _short_error(message), clients.monotonic_ms(started))
+    with transaction.atomic():
+        _log(
+            "provider.health_checked",
+            provider,
+            ok=check.ok,
+            message=check.message,
+            error_class=check.error_class,
+            latency_ms=check.latency_ms,
+            by=actor.get_username() if actor is not None else "",
+        )
+        if check.ok and _metrics(provider).exclude(circuit_state=CircuitState.CLOSED).update(
+            circuit_state=CircuitState.CLOSED, consecutive_failures=0, opened_at=None, probe_started_at=None
+        ):
+            _log("provider.circuit_closed", provider, reason="a health check passed")
+    return check

@@ -7,6 +7,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -211,7 +212,7 @@ def test_run_worker_once_closes_due_auctions_assigns_winners_and_writes_a_heartb
     assert empty.status == Task.Status.FAILED
     assert "No agent bid" in empty.failure_reason
     lines = out.getvalue().splitlines()
-    assert lines[0] == "Worker once-1 running 2 step(s)."
+    assert lines[0] == f"Worker once-1 running {len(settings.WORKER_STEPS)} step(s)."
     assert "Handled 2 item(s)." in lines
     assert lines[-1] == "Worker stopped."
     beat = WorkerHeartbeat.objects.get(worker_id="once-1")

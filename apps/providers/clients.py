@@ -1,0 +1,334 @@
+"""One client per provider kind, over the real `ollama` and `openai` libraries, each turning its library's
+errors into a `ProviderCallError` with an error class the router and the breaker understand.
+
+Clients are cached per process and per configuration, so requests reuse their HTTP connections (a new
+client costs more than the whole router); editing a provider in the admin changes its key and makes a new one.
+"""
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import httpx
+import httpx2
+import ollama
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from apps.providers.models import Provider, ProviderRequest
+
+ErrorClass = ProviderRequest.ErrorClass
+# Classes that mean the provider is set up wrongly (bad key, unknown model): shown as such at once.
+CONFIGURATION_ERRORS = frozenset({ErrorClass.AUTH, ErrorClass.NOT_FOUND})
+# The OpenAI client refuses to start without a key; local OpenAI-compatible servers ignore it.
+NO_KEY = "not-needed"
+
+
+class ProviderCallError(Exception):
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+
+    @property
+    def is_configuration_error(self) -> bool:
+        return self.error_class in CONFIGURATION_ERRORS
+
+    @property
+    def counts_for_breaker(self) -> bool:
+        # A prompt too long for this model is not the provider's fault; the next one may take it.
+        return self.error_class != ErrorClass.CONTEXT_LENGTH
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+
+
+@dataclass
+class Chunk:
+    """A piece of a streamed reply; the last one may carry the token counts instead of text."""
+
+    text: str
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+class Client(Protocol):
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply: ...
+
+    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]: ...
+
+    def health(self) -> str: ...
+
+
+def _is_context_length(message: str) -> bool:
+    lowered = message.lower()
+    return "context" in lowered and any(w in lowered for w in ("length", "window", "exceed", "too long", "size"))
+
+
+def _status_error_class(status: int, message: str) -> str:
+    if status in (401, 403):
+        return ErrorClass.AUTH
+    if status == 404:
+        return ErrorClass.NOT_FOUND
+    if status in (400, 413) and _is_context_length(message):
+        return ErrorClass.CONTEXT_LENGTH
+    if status >= 500:
+        return ErrorClass.SERVER_ERROR
+    return ErrorClass.OTHER
+
+
+def _transport_error(exc: BaseException, where: str) -> ProviderCallError:
+    if isinstance(exc, httpx.TimeoutException):
+        kind = "connect" if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) else "read"
+        return ProviderCallError(ErrorClass.TIMEOUT, f"{kind} timeout talking to {where}")
+    if isinstance(exc, ConnectionError | httpx.ConnectError):
+        return ProviderCallError(ErrorClass.CONNECTION, f"cannot connect to {where} (is it running?)")
+    return ProviderCallError(ErrorClass.CONNECTION, f"lost the connection to {where}: {exc}")
+
+
+def _estimate_tokens(text: str) -> int:
+    # Only when a server does not count: about four characters a token for English text.
+    return max(1, len(text) // 4) if text else 0
+
+
+# --- Ollama ---
+
+
+class OllamaClient:
+    def __init__(self, *, host: str, model: str, timeout: httpx.Timeout) -> None:
+        self.host = host
+        self.model = model
+        self.client = ollama.Client(host=host, timeout=timeout)
+
+    def _error(self, exc: Exception) -> ProviderCallError:
+        if isinstance(exc, ollama.ResponseError):
+            message = f"Ollama at {self.host} answered {exc.status_code}: {exc.error}"
+            if exc.status_code == 404:
+                message += f" (is the model pulled? `ollama pull {self.model}`)"
+            return ProviderCallError(_status_error_class(exc.status_code, exc.error), message)
+        if isinstance(exc, httpx.TimeoutException | httpx.TransportError | ConnectionError):
+            # The library turns httpx.ConnectError into the builtin ConnectionError.
+            return _transport_error(exc, f"Ollama at {self.host}")
+        return ProviderCallError(ErrorClass.OTHER, f"Ollama at {self.host}: {type(exc).__name__}: {exc}")
+
+    def _options(self, max_tokens: int | None) -> dict[str, Any]:
+        return {"num_predict": max_tokens} if max_tokens else {}
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply:
+        try:
+            response = self.client.chat(model=self.model, messages=messages, options=self._options(max_tokens))
+        except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
+            raise self._error(exc) from exc
+        content = response.message.content or ""
+        return Reply(
+            content=content,
+            model=response.model or self.model,
+            tokens_in=response.prompt_eval_count or 0,
+            tokens_out=response.eval_count or _estimate_tokens(content),
+        )
+
+    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]:
+        try:
+            for part in self.client.chat(
+                model=self.model, messages=messages, options=self._options(max_tokens), stream=True
+            ):
+                if part.done:
+                    yield Chunk(part.message.content or "", part.prompt_eval_count, part.eval_count)
+                else:
+                    yield Chunk(part.message.content or "")
+        except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
+            raise self._error(exc) from exc
+
+    def health(self) -> str:
+        try:
+            models = [m.model for m in self.client.list().models]
+        except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
+            raise self._error(exc) from exc
+        wanted = {self.model, f"{self.model}:latest"}
+        if not wanted & set(models):
+            raise ProviderCallError(
+                ErrorClass.NOT_FOUND,
+                f"Ollama at {self.host} is up but has no model {self.model!r} "
+                f"(has: {', '.join(str(m) for m in models) or 'none'}); run `ollama pull {self.model}`",
+            )
+        return f"Ollama at {self.host} is up with {self.model}"
+
+
+# --- OpenAI-compatible APIs (OpenAI, llama.cpp's server, vLLM) ---
+
+
+class OpenAIClient:
+    def __init__(self, *, base_url: str, model: str, timeout: httpx2.Timeout, api_key: str) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=0)
+
+    def _error(self, exc: Exception) -> ProviderCallError:
+        where = f"the API at {self.base_url}"
+        if isinstance(exc, openai.APIStatusError):
+            body_message = exc.message
+            error_class = _status_error_class(exc.status_code, body_message)
+            if isinstance(exc.body, dict) and exc.body.get("code") == "context_length_exceeded":
+                error_class = ErrorClass.CONTEXT_LENGTH
+            message = f"{where} answered {exc.status_code}: {body_message}"
+            if exc.status_code in (401, 403):
+                message = f"{where} refused the key ({exc.status_code}): check OPENAI_API_KEY"
+            return ProviderCallError(error_class, message)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            if isinstance(cause, httpx2.ConnectTimeout | httpx2.PoolTimeout):
+                return ProviderCallError(ErrorClass.TIMEOUT, f"connect timeout talking to {where}")
+            if isinstance(exc, openai.APITimeoutError) or isinstance(cause, httpx2.TimeoutException):
+                return ProviderCallError(ErrorClass.TIMEOUT, f"read timeout talking to {where}")
+            return ProviderCallError(ErrorClass.CONNECTION, f"cannot connect to {where}")
+        if isinstance(exc, httpx2.TimeoutException | httpx2.TransportError):
+            return ProviderCallError(ErrorClass.CONNECTION, f"lost the connection to {where}: {exc}")
+        return ProviderCallError(ErrorClass.OTHER, f"{where}: {type(exc).__name__}: {exc}")
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply:
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=cast(list[ChatCompletionMessageParam], messages),
+                max_tokens=max_tokens,
+            )
+        except (openai.OpenAIError, httpx2.HTTPError, ValueError) as exc:
+            raise self._error(exc) from exc
+        content = (response.choices[0].message.content or "") if response.choices else ""
+        usage = response.usage
+        return Reply(
+            content=content,
+            model=response.model or self.model,
+            tokens_in=usage.prompt_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else _estimate_tokens(content),
+        )
+
+    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]:
+        try:
+            for part in self.client.chat.completions.create(
+                model=self.model,
+                messages=cast(list[ChatCompletionMessageParam], messages),
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            ):
+                text = (part.choices[0].delta.content or "") if part.choices else ""
+                if part.usage:
+                    yield Chunk(text, part.usage.prompt_tokens, part.usage.completion_tokens)
+                elif text:
+                    yield Chunk(text)
+        except (openai.OpenAIError, httpx2.HTTPError, ValueError) as exc:
+            raise self._error(exc) from exc
+
+    def health(self) -> str:
+        try:
+            models = [m.id for m in self.client.models.list()]
+        except (openai.OpenAIError, httpx2.HTTPError, ValueError) as exc:
+            raise self._error(exc) from exc
+        if models and self.model not in models:
+            raise ProviderCallError(
+                ErrorClass.NOT_FOUND,
+                f"the API at {self.base_url} has no model {self.model!r} (has: {', '.join(models[:10])})",
+            )
+        return f"the API at {self.base_url} is up with {self.model}"
+
+
+# --- AirLLM (in-process, optional extra) ---
+
+
+class AirLLMClient:
+    """Runs a large model layer by layer on this machine. Slow, but needs no daemon; loaded once, lazily."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, *, model_path: str) -> None:
+        self.model_path = model_path
+        self._model: Any = None
+
+    def _load(self) -> Any:
+        if not self.model_path:
+            raise ProviderCallError(ErrorClass.NOT_FOUND, "AirLLM has no model: set AIRLLM_MODEL_PATH or the model")
+        try:
+            import airllm  # an optional extra, imported only when this provider is used
+        except ImportError as exc:
+            raise ProviderCallError(
+                ErrorClass.NOT_FOUND, "AirLLM is an optional extra that is not installed: pip install airllm"
+            ) from exc
+        with self._lock:
+            if self._model is None:
+                if not Path(self.model_path).exists() and "/" not in self.model_path:
+                    raise ProviderCallError(ErrorClass.NOT_FOUND, f"AirLLM model {self.model_path!r} not found")
+                try:
+                    self._model = airllm.AutoModel.from_pretrained(self.model_path)
+                except (OSError, ValueError) as exc:
+                    raise ProviderCallError(
+                        ErrorClass.NOT_FOUND, f"AirLLM cannot load {self.model_path}: {exc}"
+                    ) from exc
+        return self._model
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply:
+        model = self._load()
+        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        try:
+            tokens = model.tokenizer([prompt], return_tensors="pt", truncation=True, max_length=4096)
+            output = model.generate(
+                tokens["input_ids"], max_new_tokens=max_tokens or 256, use_cache=True, return_dict_in_generate=True
+            )
+            prompt_length = tokens["input_ids"].shape[1]
+            content = model.tokenizer.decode(output.sequences[0][prompt_length:], skip_special_tokens=True)
+        except (RuntimeError, ValueError, MemoryError) as exc:
+            raise ProviderCallError(ErrorClass.OTHER, f"AirLLM failed: {type(exc).__name__}: {exc}") from exc
+        return Reply(
+            content=content, model=self.model_path, tokens_in=prompt_length, tokens_out=_estimate_tokens(content)
+        )
+
+    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]:
+        reply = self.complete(messages, max_tokens=max_tokens)
+        yield Chunk(reply.content, reply.tokens_in, reply.tokens_out)
+
+    def health(self) -> str:
+        self._load()
+        return f"AirLLM loaded {self.model_path}"
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_client(kind: str, base_url: str, model: str, connect: float, read: float, key: str) -> Client:
+    # A daemon that is down refuses the connection at once; a cold model load may take long to answer.
+    if kind == Provider.Kind.OLLAMA:
+        return OllamaClient(host=base_url, model=model, timeout=httpx.Timeout(read, connect=connect, pool=connect))
+    if kind == Provider.Kind.OPENAI:
+        # The openai library is built on httpx2, a fork with its own Timeout.
+        timeout = httpx2.Timeout(read, connect=connect, pool=connect)
+        return OpenAIClient(base_url=base_url, model=model, timeout=timeout, api_key=key)
+    if kind == Provider.Kind.AIRLLM:
+        return AirLLMClient(model_path=model)
+    raise ProviderCallError(ErrorClass.NOT_FOUND, f"unknown provider kind {kind!r}")
+
+
+def client_for(provider: Provider) -> Client:
+    if provider.kind != Provider.Kind.AIRLLM and not provider.base_url:
+        raise ProviderCallError(ErrorClass.NOT_FOUND, f"provider {provider.name} has no base URL")
+    # The key is read from the environment for each request and is part of the cache key only in memory.
+    key = os.environ.get("OPENAI_API_KEY", "") if provider.kind == Provider.Kind.OPENAI else ""
+    return _cached_client(
+        provider.kind,
+        provider.base_url,
+        provider.model,
+        provider.connect_timeout_seconds,
+        provider.read_timeout_seconds,
+        key,
+    )
+
+
+def monotonic_ms(since: float) -> int:
+    return max(0, round((time.monotonic() - since) * 1000))

@@ -1,0 +1,315 @@
+"""The cascade router (ADR-020): every LLM call in the project goes through `complete`.
+
+Providers are tried in priority order. A provider whose breaker is open is skipped without a request; a
+provider that fails is recorded and the next one is tried, with a `provider.failover` event. When nothing
+answers, `AllProvidersFailed` names each provider and why, and a `system.error` event is logged: callers
+show that error, never an invented answer.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, overload
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.events.models import EventType
+from apps.events.services import log_event
+from apps.providers import services
+from apps.providers.clients import Chunk, ProviderCallError, client_for, monotonic_ms
+from apps.providers.models import Provider
+from apps.providers.selectors import providers_in_order
+
+SOURCE = "providers.router"
+Clock = Callable[[], datetime]
+DISABLED_HINTS = {
+    Provider.Kind.AIRLLM: "set AIRLLM_MODEL_PATH, or enable it in the admin",
+    Provider.Kind.OPENAI: "set OPENAI_BASE_URL or OPENAI_API_KEY, or enable it in the admin",
+}
+
+
+@dataclass(frozen=True)
+class Completion:
+    content: str
+    provider: str
+    model: str
+    latency_ms: int
+    tokens_in: int
+    tokens_out: int
+    time_to_first_token_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    provider: str
+    reason: str
+    error_class: str
+    # Skipped without a request (breaker open); otherwise the request was made and failed.
+    skipped: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.reason}"
+
+
+class RouterError(services.ProviderError):
+    pass
+
+
+class AllProvidersFailed(RouterError):
+    def __init__(self, attempts: list[Attempt]) -> None:
+        self.attempts = attempts
+        if any(a.error_class != "disabled" for a in attempts):
+            detail = "; ".join(str(a) for a in attempts)
+        else:
+            detail = "no provider is enabled (enable one in the admin under Providers)"
+            detail += "".join(f"; {a}" for a in attempts)
+        super().__init__(f"No LLM provider answered. {detail}")
+
+
+class StreamInterrupted(RouterError):
+    """The answering provider failed after its first chunk: what was sent cannot be taken back, so no failover."""
+
+    def __init__(self, provider: str, reason: str, partial: str) -> None:
+        self.provider = provider
+        self.partial = partial
+        super().__init__(f"{provider} stopped answering mid-reply: {reason}")
+
+
+def _messages(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    prepared = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt:
+        prepared.insert(0, {"role": "system", "content": system_prompt})
+    return prepared
+
+
+@dataclass
+class _Call:
+    """Shared bookkeeping of one `complete` call across the providers it tries."""
+
+    clock: Clock
+    attempts: list[Attempt] = field(default_factory=list)
+    last_failed: Attempt | None = None
+
+    def disabled(self, provider: Provider) -> None:
+        self.attempts.append(
+            Attempt(
+                provider.name,
+                f"disabled ({DISABLED_HINTS.get(provider.kind, 'enable it in the admin')})",
+                "disabled",
+                skipped=True,
+            )
+        )
+
+    def skip(self, provider: Provider) -> None:
+        self.attempts.append(Attempt(provider.name, "skipped: circuit breaker open", "circuit_open", skipped=True))
+
+    def before_request(self, provider: Provider) -> None:
+        if self.last_failed is not None:
+            with transaction.atomic():
+                log_event(
+                    "provider.failover",
+                    source=SOURCE,
+                    data={
+                        "from": self.last_failed.provider,
+                        "to": provider.name,
+                        "reason": self.last_failed.reason,
+                        "error_class": self.last_failed.error_class,
+                    },
+                )
+
+    def failed(self, provider: Provider, error: ProviderCallError, *, latency_ms: int) -> None:
+        services.breaker_record_failure(
+            provider,
+            now=self.clock(),
+            error_class=error.error_class,
+            message=error.message,
+            latency_ms=latency_ms,
+            model=provider.model,
+            counts_for_breaker=error.counts_for_breaker,
+        )
+        reason = f"configuration error: {error.message}" if error.is_configuration_error else error.message
+        attempt = Attempt(provider.name, reason, error.error_class)
+        self.attempts.append(attempt)
+        self.last_failed = attempt
+
+    def all_failed(self) -> AllProvidersFailed:
+        error = AllProvidersFailed(self.attempts)
+        with transaction.atomic():
+            log_event(
+                EventType.SYSTEM_ERROR,
+                source=SOURCE,
+                data={
+                    "error": "no LLM provider answered",
+                    "providers": [
+                        {"provider": a.provider, "reason": a.reason, "error_class": a.error_class}
+                        for a in self.attempts
+                    ],
+                },
+            )
+        return error
+
+
+def _candidates(call: _Call) -> Iterator[Provider]:
+    """Enabled providers in order whose breaker lets a request through now."""
+    providers = list(providers_in_order(enabled_only=False))
+    if not providers:
+        # A fresh database where no worker has started yet: the providers the environment describes.
+        services.providers_ensure_defaults()
+        providers = list(providers_in_order(enabled_only=False))
+    for provider in providers:
+        if not provider.enabled:
+            call.disabled(provider)
+        elif services.breaker_allows(provider, now=call.clock()):
+            yield provider
+        else:
+            call.skip(provider)
+
+
+@overload
+def complete(
+    messages: list[dict[str, str]],
+    *,
+    system_prompt: str | None = ...,
+    max_tokens: int | None = ...,
+    stream: Literal[False] = ...,
+    clock: Clock = ...,
+) -> Completion: ...
+
+
+@overload
+def complete(
+    messages: list[dict[str, str]],
+    *,
+    system_prompt: str | None = ...,
+    max_tokens: int | None = ...,
+    stream: Literal[True],
+    clock: Clock = ...,
+) -> "CompletionStream": ...
+
+
+def complete(
+    messages: list[dict[str, str]],
+    *,
+    system_prompt: str | None = None,
+    max_tokens: int | None = None,
+    stream: bool = False,
+    clock: Clock = timezone.now,
+) -> "Completion | CompletionStream":
+    """The first answer from the providers in order; raises AllProvidersFailed when none answers.
+
+    With stream=True, a CompletionStream: failover happens only until a provider sends its first chunk.
+    """
+    if stream:
+        return _complete_stream(messages, system_prompt=system_prompt, max_tokens=max_tokens, clock=clock)
+    call = _Call(clock=clock)
+    prepared = _messages(messages, system_prompt)
+    for provider in _candidates(call):
+        call.before_request(provider)
+        started = time.monotonic()
+        try:
+            reply = client_for(provider).complete(prepared, max_tokens=max_tokens)
+        except ProviderCallError as error:
+            call.failed(provider, error, latency_ms=monotonic_ms(started))
+            continue
+        latency_ms = monotonic_ms(started)
+        services.breaker_record_success(
+            provider,
+            now=clock(),
+            latency_ms=latency_ms,
+            model=reply.model,
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+        )
+        return Completion(
+            content=reply.content,
+            provider=provider.name,
+            model=reply.model,
+            latency_ms=latency_ms,
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+        )
+    raise call.all_failed()
+
+
+class CompletionStream:
+    """Text chunks as they arrive from the provider that answered. After the last one, `completion` holds the
+    whole reply with its figures; an error after the first chunk raises StreamInterrupted."""
+
+    def __init__(
+        self, provider: Provider, first: Chunk, rest: Iterator[Chunk], *, started: float, ttft_ms: int, clock: Clock
+    ) -> None:
+        self.provider = provider.name
+        self.model = provider.model
+        self.completion: Completion | None = None
+        self._provider = provider
+        self._first = first
+        self._rest = rest
+        self._started = started
+        self._ttft_ms = ttft_ms
+        self._clock = clock
+
+    def __iter__(self) -> Iterator[str]:
+        parts: list[str] = []
+        tokens_in = tokens_out = None
+        chunk: Chunk | None = self._first
+        try:
+            while chunk is not None:
+                if chunk.tokens_in is not None:
+                    tokens_in, tokens_out = chunk.tokens_in, chunk.tokens_out
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield chunk.text
+                chunk = next(self._rest, None)
+        except ProviderCallError as error:
+            services.breaker_record_failure(
+                self._provider,
+                now=self._clock(),
+                error_class=error.error_class,
+                message=f"stopped mid-reply: {error.message}",
+                latency_ms=monotonic_ms(self._started),
+                model=self.model,
+            )
+            raise StreamInterrupted(self.provider, error.message, "".join(parts)) from error
+        content = "".join(parts)
+        latency_ms = monotonic_ms(self._started)
+        tokens_in = tokens_in or 0
+        tokens_out = tokens_out or max(1, len(content) // 4)
+        services.breaker_record_success(
+            self._provider,
+            now=self._clock(),
+            latency_ms=latency_ms,
+            model=self.model,
+            time_to_first_token_ms=self._ttft_ms,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )
+        self.completion = Completion(
+            content=content,
+            provider=self.provider,
+            model=self.model,
+            latency_ms=latency_ms,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            time_to_first_token_ms=self._ttft_ms,
+        )
+
+
+def _complete_stream(
+    messages: list[dict[str, str]], *, system_prompt: str | None, max_tokens: int | None, clock: Clock
+) -> CompletionStream:
+    call = _Call(clock=clock)
+    prepared = _messages(messages, system_prompt)
+    for provider in _candidates(call):
+        call.before_request(provider)
+        started = time.monotonic()
+        try:
+            rest = client_for(provider).stream(prepared, max_tokens=max_tokens)
+            first = next(rest, None)
+        except ProviderCallError as error:
+            call.failed(provider, error, latency_ms=monotonic_ms(started))
+            continue
+        ttft_ms = monotonic_ms(started)
+        return CompletionStream(provider, first or Chunk(""), rest, started=started, ttft_ms=ttft_ms, clock=clock)
+    raise call.all_failed()
