@@ -24,7 +24,7 @@ from apps.providers.selectors import providers_in_order
 
 SOURCE = "providers.router"
 Clock = Callable[[], datetime]
-DISABLED_HINTS = {
+DISABLED_HINTS: dict[str, str] = {
     Provider.Kind.AIRLLM: "set AIRLLM_MODEL_PATH, or enable it in the admin",
     Provider.Kind.OPENAI: "set OPENAI_BASE_URL or OPENAI_API_KEY, or enable it in the admin",
 }
