@@ -17,6 +17,7 @@ from django.test import Client
 
 from apps.core.services import api_token_create
 from tests.factories import StaffFactory, UserFactory
+from tests.llm_servers import LlamaCppServer, OllamaServer, write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_START_SECONDS = 10
@@ -163,3 +164,24 @@ def run_manage(subprocess_env: dict[str, str]) -> Callable[..., subprocess.Compl
         )
 
     return run
+
+
+# --- LLM servers on loopback (tests/llm_servers.py) ---
+
+
+@pytest.fixture
+def ollama_server() -> Iterator[OllamaServer]:
+    with OllamaServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_server(tiny_gguf: Path) -> Iterator[LlamaCppServer]:
+    """The real llama.cpp OpenAI-compatible server on a tiny random model: it answers gibberish, quickly."""
+    with LlamaCppServer(tiny_gguf) as server:
+        yield server

@@ -25,7 +25,14 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             import_string(path)
         except ImportError as exc:
             errors.append(Error(f"WORKER_STEPS entry {path!r} cannot be imported: {exc}", id="timmy.E004"))
-    for name in ("WEBSOCKET_EVENT_THROTTLE", "ACTIVITY_FEED_BUFFER", "WEBSOCKET_MAX_PER_IP"):
+    for name in (
+        "WEBSOCKET_EVENT_THROTTLE",
+        "ACTIVITY_FEED_BUFFER",
+        "WEBSOCKET_MAX_PER_IP",
+        "CIRCUIT_BREAKER_THRESHOLD",
+        "CIRCUIT_BREAKER_RECOVERY_SECONDS",
+        "PROVIDER_REQUEST_RETENTION_DAYS",
+    ):
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))
     if not 0 < settings.ACTIVITY_FEED_POLL_SECONDS <= 10:

@@ -19,7 +19,7 @@ from apps.events.models import EventType
 from apps.events.services import log_event
 from apps.providers import services
 from apps.providers.clients import Chunk, ProviderCallError, client_for, monotonic_ms
-from apps.providers.models import Provider
+from apps.providers.models import Provider, ProviderRequest
 from apps.providers.selectors import providers_in_order
 
 SOURCE = "providers.router"
@@ -296,6 +296,15 @@ class CompletionStream:
         )
 
 
+def _first_text(chunks: Iterator[Chunk], provider: Provider) -> Chunk:
+    """The first chunk that carries text. A stream that ends without any is a failure, so the next provider is
+    tried: llama.cpp's server, for one, answers a prompt too long for its context with an empty 200 stream."""
+    for chunk in chunks:
+        if chunk.text:
+            return chunk
+    raise ProviderCallError(ProviderRequest.ErrorClass.OTHER, f"{provider.name} ended its stream without any text")
+
+
 def _complete_stream(
     messages: list[dict[str, str]], *, system_prompt: str | None, max_tokens: int | None, clock: Clock
 ) -> CompletionStream:
@@ -306,10 +315,10 @@ def _complete_stream(
         started = time.monotonic()
         try:
             rest = client_for(provider).stream(prepared, max_tokens=max_tokens)
-            first = next(rest, None)
+            first = _first_text(rest, provider)
         except ProviderCallError as error:
             call.failed(provider, error, latency_ms=monotonic_ms(started))
             continue
         ttft_ms = monotonic_ms(started)
-        return CompletionStream(provider, first or Chunk(""), rest, started=started, ttft_ms=ttft_ms, clock=clock)
+        return CompletionStream(provider, first, rest, started=started, ttft_ms=ttft_ms, clock=clock)
     raise call.all_failed()

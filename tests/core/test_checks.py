@@ -24,3 +24,11 @@ def test_a_live_feed_that_could_never_send_anything_is_caught_at_start_up(settin
     ids = [message.id for message in run_checks()]
     assert "timmy.E006" in ids
     assert "timmy.E007" in ids
+
+
+def test_a_breaker_that_could_never_close_or_never_stay_open_is_caught_at_start_up(settings):
+    settings.CIRCUIT_BREAKER_THRESHOLD = 0
+    settings.CIRCUIT_BREAKER_RECOVERY_SECONDS = 0
+    messages = [m.msg for m in run_checks() if m.id == "timmy.E006"]
+    assert "CIRCUIT_BREAKER_THRESHOLD must be at least 1." in messages
+    assert "CIRCUIT_BREAKER_RECOVERY_SECONDS must be at least 1." in messages
