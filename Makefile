@@ -45,8 +45,14 @@ lint: $(VENV)/.installed
 manage: $(VENV)/.installed
 	$(DEV) $(PY) manage.py $(CMD)
 
-bench: $(VENV)/.installed
+# The benchmarks of docs/benchmarks.md that finish in a minute or two; bench/feed.py runs longer (see there).
+bench: $(VENV)/.bench-installed
 	$(PY) bench/events.py
+	$(PY) bench/router.py
+
+$(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
+	$(PY) -m pip install --quiet -r requirements/bench.txt
+	touch $@
 
 clean:
 	rm -rf $(VENV) data/test

@@ -204,8 +204,12 @@ WORKER_STALE_SECONDS = env.float("WORKER_STALE_SECONDS", default=30.0)
 WORKER_STEPS = [
     "apps.swarm.worker.recover_stale_tasks",
     "apps.swarm.worker.close_due_auctions",
+    "apps.agents.worker.run_assigned_tasks",
     "apps.providers.worker.prune_requests",
 ]
+# Timmy's chat: how many earlier messages of a conversation go with each new one (small local models have
+# small context windows).
+CHAT_HISTORY_MESSAGES = env.int("CHAT_HISTORY_MESSAGES", default=20)
 
 # Live activity feed (WebSocket): events per second sent to one client, with bursts of up to a second's worth.
 WEBSOCKET_EVENT_THROTTLE = env.int("WEBSOCKET_EVENT_THROTTLE", default=10)

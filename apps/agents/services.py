@@ -1,12 +1,29 @@
+import logging
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connections, transaction
+from django.utils import timezone
 
+from apps.agents import prompts, selectors
+from apps.agents.models import ChatMessage, ChatSession
 from apps.agents.tools import TOOLS
 from apps.events.models import EventType
-from apps.events.services import log_event
+from apps.events.services import clean_multiline_text, log_event
+from apps.providers import router
+from apps.providers.clients import monotonic_ms
+from apps.providers.router import Completion, RouterError
+from apps.swarm import services as swarm_services
+from apps.swarm.models import Persona, Task
+
+logger = logging.getLogger("timmy.agents")
 
 
 class ToolNotFound(LookupError):
@@ -54,3 +71,281 @@ def tool_run(
             data={"tool": name, "ok": not error, "error": error, "duration_ms": duration_ms},
         )
     return ToolResult(ok=not error, value=value, error=error, duration_ms=duration_ms)
+
+
+# --- Timmy's chat ---
+
+CHAT_SOURCE = "agents.chat"
+TASK_SOURCE = "agents.worker"
+LLM_TOOL = "llm.complete"
+MESSAGE_MAX = 8_000
+
+
+class ChatError(Exception):
+    pass
+
+
+class InvalidChatMessage(ChatError):
+    pass
+
+
+class ChatSessionNotFound(ChatError):
+    pass
+
+
+class ChatUnavailable(ChatError):
+    """No model answered (the router's message says which provider failed and why); the user's message is kept."""
+
+    def __init__(self, reason: str, *, session_id: str, user_message: ChatMessage) -> None:
+        self.reason = reason
+        self.session_id = session_id
+        self.user_message = user_message
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    response: str
+    provider: str
+    model: str
+    session_id: str
+    user_message: ChatMessage
+    reply_message: ChatMessage
+
+
+def _chat_message_clean(message: str) -> str:
+    # Shown on pages and terminals and sent to models: no terminal escapes or invisible controls.
+    text = clean_multiline_text(message).strip()
+    if not text:
+        raise InvalidChatMessage("The message is empty.")
+    if len(text) > MESSAGE_MAX:
+        raise InvalidChatMessage(f"The message is {len(text)} characters; the limit is {MESSAGE_MAX}.")
+    return text
+
+
+def _llm_complete(
+    messages: list[dict[str, str]], *, system_prompt: str, on_chunk: Callable[[str], None] | None
+) -> Completion:
+    if on_chunk is None:
+        return router.complete(messages, system_prompt=system_prompt)
+    stream = router.complete(messages, system_prompt=system_prompt, stream=True)
+    for chunk in stream:
+        on_chunk(clean_multiline_text(chunk))
+    assert stream.completion is not None  # set once the stream is exhausted
+    return stream.completion
+
+
+def _llm_completed_data(completion: Completion, started: float) -> dict[str, Any]:
+    return {
+        "tool": LLM_TOOL,
+        "ok": True,
+        "provider": completion.provider,
+        "model": completion.model,
+        "latency_ms": completion.latency_ms,
+        "tokens_in": completion.tokens_in,
+        "tokens_out": completion.tokens_out,
+        "duration_ms": monotonic_ms(started),
+    }
+
+
+def _llm_failed_data(reason: str, started: float) -> dict[str, Any]:
+    return {"tool": LLM_TOOL, "ok": False, "error": reason, "duration_ms": monotonic_ms(started)}
+
+
+def _chat_session_save(*, session: ChatSession | None, session_id: uuid.UUID, user: User, now: datetime) -> ChatSession:
+    if session is None:
+        return ChatSession.objects.create(id=session_id, owner=user, created_at=now, updated_at=now)
+    ChatSession.objects.filter(pk=session.pk).update(updated_at=now)
+    return session
+
+
+def chat_send(
+    *,
+    user: User,
+    message: str,
+    session_id: str | uuid.UUID | None = None,
+    on_chunk: Callable[[str], None] | None = None,
+) -> ChatReply:
+    """Send `message` to Timmy in the user's conversation `session_id` (a new one without it) and store both sides.
+
+    With `on_chunk`, the reply is streamed: each piece of text is passed to it as it arrives. Raises
+    InvalidChatMessage, ChatSessionNotFound (also for another user's session), or ChatUnavailable when no
+    model answered — the user's message is stored then, with the reason, so nothing typed is lost.
+    """
+    text = _chat_message_clean(message)
+    session = None
+    if session_id:
+        session = selectors.chat_session_for(user=user, session_id=session_id)
+        if session is None:
+            raise ChatSessionNotFound(f"Chat session {session_id} not found.")
+    new_id = session.pk if session is not None else uuid.uuid4()
+    history = selectors.chat_history(session=session, limit=settings.CHAT_HISTORY_MESSAGES) if session else []
+    agent_id = selectors.timmy_agent_id()
+    with transaction.atomic():
+        log_event(
+            EventType.TOOL_CALLED,
+            source=CHAT_SOURCE,
+            agent_id=agent_id,
+            data={"tool": LLM_TOOL, "session_id": str(new_id), "history_messages": len(history)},
+        )
+    # No transaction is open while the model thinks: SQLite would hold its write lock for the whole call.
+    sent_at = timezone.now()
+    started = time.monotonic()
+    try:
+        completion = _llm_complete(
+            [*history, {"role": ChatMessage.Role.USER, "content": text}],
+            system_prompt=prompts.TIMMY,
+            on_chunk=on_chunk,
+        )
+    except RouterError as exc:  # nothing answered, or the answer broke off mid-stream
+        reason = str(exc)
+        with transaction.atomic():
+            session = _chat_session_save(session=session, session_id=new_id, user=user, now=timezone.now())
+            user_message = ChatMessage.objects.create(
+                session=session, role=ChatMessage.Role.USER, content=text, error=reason, created_at=sent_at
+            )
+            log_event(
+                EventType.TOOL_COMPLETED,
+                source=CHAT_SOURCE,
+                agent_id=agent_id,
+                data={**_llm_failed_data(reason, started), "session_id": str(new_id)},
+            )
+        raise ChatUnavailable(reason, session_id=str(new_id), user_message=user_message) from exc
+    response = clean_multiline_text(completion.content)
+    now = timezone.now()
+    with transaction.atomic():
+        session = _chat_session_save(session=session, session_id=new_id, user=user, now=now)
+        user_message = ChatMessage.objects.create(
+            session=session, role=ChatMessage.Role.USER, content=text, created_at=sent_at
+        )
+        reply_message = ChatMessage.objects.create(
+            session=session,
+            role=ChatMessage.Role.ASSISTANT,
+            content=response,
+            provider=completion.provider,
+            model=completion.model,
+            latency_ms=completion.latency_ms,
+            tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out,
+            created_at=now,
+        )
+        log_event(
+            EventType.TOOL_COMPLETED,
+            source=CHAT_SOURCE,
+            agent_id=agent_id,
+            data={**_llm_completed_data(completion, started), "session_id": str(new_id)},
+        )
+    return ChatReply(
+        response=response,
+        provider=completion.provider,
+        model=completion.model,
+        session_id=str(new_id),
+        user_message=user_message,
+        reply_message=reply_message,
+    )
+
+
+# --- assigned tasks, run by the worker ---
+
+
+class _LeaseKeeper:
+    """Renews a running task's lease from a background thread while the worker waits for a model.
+
+    Why not a lease long enough to cover the call: a provider's read timeout bounds each read, not the call —
+    a slow stream, several providers failed over in turn, or AirLLM (no timeout at all) can outlast any fixed
+    lease, and another worker would then run the task a second time. Renewed every third of its length, the
+    lease lapses only when this process stops (a crash, kill -9, a frozen machine), which is what it is for.
+    """
+
+    def __init__(self, *, task_id: int, worker_id: str, lease_seconds: int) -> None:
+        self.task_id = task_id
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-task-{task_id}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.lease_seconds / 3):
+                if not swarm_services.task_lease_renew(
+                    task_id=self.task_id, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+                ):
+                    return  # failed in the admin, or recovered by another worker: nothing left to keep
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    def __enter__(self) -> "_LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) -> Task:
+    """Run an assigned task: its winning persona's prompt and the task's description go through the router.
+
+    ASSIGNED → RUNNING (the agent busy) → COMPLETED with the reply, or FAILED with the router's reason (the agent
+    idle again), with tool.called / tool.completed events around the model call. Raises TaskWrongState when
+    the task is no longer assigned (another worker claimed it first).
+    """
+    lease = settings.TASK_LEASE_SECONDS if lease_seconds is None else lease_seconds
+    task = swarm_services.task_start(task_id=task_id, worker_id=worker_id, lease_seconds=lease)
+    agent = task.assigned_agent
+    persona = agent.persona if agent is not None else Persona.TIMMY
+    with transaction.atomic():
+        log_event(
+            EventType.TOOL_CALLED,
+            source=TASK_SOURCE,
+            task_id=task.pk,
+            agent_id=task.assigned_agent_id,
+            data={
+                "tool": LLM_TOOL,
+                "agent": agent.name if agent is not None else None,
+                "persona": persona,
+                "worker": worker_id,
+                "attempt": task.attempts,
+            },
+        )
+    started = time.monotonic()
+    try:
+        with _LeaseKeeper(task_id=task.pk, worker_id=worker_id, lease_seconds=lease):
+            completion = router.complete(
+                [{"role": "user", "content": task.description}], system_prompt=prompts.persona_prompt(persona)
+            )
+    except RouterError as exc:
+        reason = str(exc)
+        _task_llm_completed(task, _llm_failed_data(reason, started))
+        return _task_finish(task, worker_id=worker_id, reason=reason)
+    _task_llm_completed(task, _llm_completed_data(completion, started))
+    result = clean_multiline_text(completion.content).strip()
+    if not result:
+        return _task_finish(
+            task, worker_id=worker_id, reason=f"{completion.provider} ({completion.model}) sent an empty reply."
+        )
+    return _task_finish(task, worker_id=worker_id, result=result)
+
+
+def _task_llm_completed(task: Task, data: dict[str, Any]) -> None:
+    with transaction.atomic():
+        log_event(
+            EventType.TOOL_COMPLETED, source=TASK_SOURCE, task_id=task.pk, agent_id=task.assigned_agent_id, data=data
+        )
+
+
+def _task_finish(task: Task, *, worker_id: str, result: str = "", reason: str = "") -> Task:
+    # Failed in the admin while the model was thinking, or given back to the queue after this worker stalled
+    # past its lease (and perhaps started by another): that decision stands and this answer is dropped.
+    if not selectors.task_is_claimed_by(task_id=task.pk, worker_id=worker_id):
+        task.refresh_from_db()
+        logger.warning("task %s is %s and no longer this worker's; its answer is dropped", task.pk, task.status)
+        return task
+    try:
+        if reason:
+            return swarm_services.task_fail(task_id=task.pk, reason=reason)
+        return swarm_services.task_complete(task_id=task.pk, result=result)
+    except swarm_services.TaskWrongState as exc:  # the same, between the check and the write
+        logger.warning("task %s changed while it ran (%s); its answer is dropped", task.pk, exc)
+        task.refresh_from_db()
+        return task

@@ -1,3 +1,10 @@
+from django.urls import path
+
+from apps.agents import views
+
 app_name = "agents"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("chat", views.chat, name="chat"),
+    path("chat/new", views.chat_new, name="chat_new"),
+]

@@ -5,13 +5,14 @@ from django.http import HttpRequest
 # (label, url name) of every page in the navigation, in order.
 NAVIGATION = [
     ("Home", "home"),
+    ("Chat", "agents:chat"),
     ("Swarm", "swarm:index"),
     ("Events", "events:list"),
     ("Live", "events:live"),
     ("Ledger", "ledger"),
     ("Memory", "memory"),
     ("Upgrades", "upgrades"),
-    ("Router", "router"),
+    ("Router", "providers:status"),
 ]
 
 

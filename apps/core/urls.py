@@ -7,5 +7,4 @@ urlpatterns = [
     path("lightning/ledger", views.not_built, {"page": "ledger"}, name="ledger"),
     path("memory", views.not_built, {"page": "memory"}, name="memory"),
     path("self-modify/queue", views.not_built, {"page": "upgrades"}, name="upgrades"),
-    path("router/status", views.not_built, {"page": "router"}, name="router"),
 ]

@@ -30,8 +30,6 @@ NOT_BUILT = {
     "ledger": ("Ledger", "Lightning invoices, payments to agents and L402 receipts (ADR-018)."),
     "memory": ("Memory", "Semantic memory: what agents learned, searchable by meaning (ADR-019)."),
     "upgrades": ("Upgrades", "Self-modification proposals awaiting human approval (ADR-021)."),
-    "router": ("Router", "LLM providers, circuit breakers and latency (ADR-020)."),
-    "live": ("Live", "The real-time activity feed over WebSockets (ADR-022)."),
 }
 
 

@@ -7,6 +7,7 @@ client costs more than the whole router); editing a provider in the admin change
 
 import functools
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import ollama
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from apps.events.services import REDACTED
 from apps.providers.models import Provider, ProviderRequest
 
 ErrorClass = ProviderRequest.ErrorClass
@@ -29,8 +31,20 @@ CONFIGURATION_ERRORS = frozenset({ErrorClass.AUTH, ErrorClass.NOT_FOUND})
 NO_KEY = "not-needed"
 
 
+_URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Text as it may be stored or shown: without the API key, nor the user:password@ of any URL in it."""
+    text = _URL_CREDENTIALS.sub(r"\1", text)
+    key = os.environ.get("OPENAI_API_KEY", "")
+    return text.replace(key, REDACTED) if key else text
+
+
 class ProviderCallError(Exception):
     def __init__(self, error_class: str, message: str) -> None:
+        # Messages name the provider's URL and quote its answers: never let a credential ride along.
+        message = redact(message)
         super().__init__(message)
         self.error_class = error_class
         self.message = message

@@ -30,6 +30,15 @@ class Provider(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def enable_hint(self) -> str:
+        """How an operator turns this provider on."""
+        if self.kind == self.Kind.AIRLLM:
+            return "set AIRLLM_MODEL_PATH, or enable it in the admin"
+        if self.kind == self.Kind.OPENAI:
+            return "set OPENAI_BASE_URL or OPENAI_API_KEY, or enable it in the admin"
+        return "enable it in the admin"
+
 
 class CircuitState(models.TextChoices):
     CLOSED = "closed", "closed"

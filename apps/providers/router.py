@@ -24,10 +24,6 @@ from apps.providers.selectors import providers_in_order
 
 SOURCE = "providers.router"
 Clock = Callable[[], datetime]
-DISABLED_HINTS: dict[str, str] = {
-    Provider.Kind.AIRLLM: "set AIRLLM_MODEL_PATH, or enable it in the admin",
-    Provider.Kind.OPENAI: "set OPENAI_BASE_URL or OPENAI_API_KEY, or enable it in the admin",
-}
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,7 @@ class _Call:
         self.attempts.append(
             Attempt(
                 provider.name,
-                f"disabled ({DISABLED_HINTS.get(provider.kind, 'enable it in the admin')})",
+                f"disabled ({provider.enable_hint})",
                 "disabled",
                 skipped=True,
             )
@@ -161,7 +157,14 @@ def _candidates(call: _Call) -> Iterator[Provider]:
     for provider in providers:
         if not provider.enabled:
             call.disabled(provider)
-        elif services.breaker_allows(provider, now=call.clock()):
+            continue
+        now = call.clock()
+        # The metrics row came with the provider: closed, or open and not yet due, needs no further query.
+        metrics = getattr(provider, "metrics", None)
+        allowed = services.breaker_decided(metrics, now=now) if metrics is not None else None
+        if allowed is None:
+            allowed = services.breaker_allows(provider, now=now)
+        if allowed:
             yield provider
         else:
             call.skip(provider)

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from apps.events.services import REDACTED, clean_text, log_event
+from apps.events.services import clean_text, log_event
 from apps.providers import clients
 from apps.providers.models import CircuitState, Provider, ProviderMetrics, ProviderRequest
 
@@ -101,10 +101,7 @@ def _metrics_update(provider: Provider, **changes: object) -> None:
 
 
 def _short_error(message: str) -> str:
-    key = os.environ.get("OPENAI_API_KEY", "")
-    if key:
-        message = message.replace(key, REDACTED)
-    return clean_text(message, max_length=LAST_ERROR_MAX)
+    return clean_text(clients.redact(message), max_length=LAST_ERROR_MAX)
 
 
 def _log(event_type: str, provider: Provider, **data: object) -> None:
@@ -128,6 +125,18 @@ def _request_record(
 # --- the circuit breaker ---
 
 
+def breaker_decided(metrics: ProviderMetrics, *, now: datetime) -> bool | None:
+    """What a metrics row read a moment ago already says: True closed, False open and not due for a probe,
+    None when only the database can decide (a probe is due: `breaker_allows` picks one caller)."""
+    if metrics.circuit_state == CircuitState.CLOSED:
+        return True
+    recovered_before = now - timedelta(seconds=settings.CIRCUIT_BREAKER_RECOVERY_SECONDS)
+    since = metrics.opened_at if metrics.circuit_state == CircuitState.OPEN else metrics.probe_started_at
+    if since is not None and since > recovered_before:
+        return False
+    return None
+
+
 def breaker_allows(provider: Provider, *, now: datetime) -> bool:
     """Whether a request may go to `provider` now.
 
@@ -149,6 +158,25 @@ def breaker_allows(provider: Provider, *, now: datetime) -> bool:
     return False
 
 
+# The router records every answer: prepared statements, because building three querysets per request costs
+# more than the rest of the router together (bench/router.py). Portable SQL, for SQLite and PostgreSQL.
+_SUCCESS_INSERT_SQL = (
+    "INSERT INTO provider_requests (provider_id, model, started_at, latency_ms, time_to_first_token_ms, "
+    "tokens_in, tokens_out, outcome, error_class) VALUES (%s, %s, %s, %s, %s, %s, %s, 'success', '')"
+)
+# In one UPDATE every column reads the row as it was, so the mean uses the old count.
+_SUCCESS_METRICS_SQL = (
+    "UPDATE provider_metrics SET total_requests = total_requests + 1, "
+    "successful_requests = successful_requests + 1, "
+    "average_latency_ms = (average_latency_ms * successful_requests + %s) / (successful_requests + 1.0), "
+    "consecutive_failures = 0, updated_at = %s WHERE provider_id = %s"
+)
+_SUCCESS_CLOSE_SQL = (
+    "UPDATE provider_metrics SET circuit_state = 'closed', opened_at = NULL, probe_started_at = NULL "
+    "WHERE provider_id = %s AND circuit_state <> 'closed'"
+)
+
+
 def breaker_record_success(
     provider: Provider,
     *,
@@ -158,35 +186,22 @@ def breaker_record_success(
     time_to_first_token_ms: int | None = None,
     tokens_in: int = 0,
     tokens_out: int = 0,
-) -> ProviderRequest:
+) -> None:
     """Record a request that answered; it closes the breaker whatever its state."""
-    metrics = _metrics(provider)
-    with transaction.atomic():
-        request = _request_record(
-            provider,
-            now=now,
-            latency_ms=latency_ms,
-            model=model,
-            outcome=ProviderRequest.Outcome.SUCCESS,
-            time_to_first_token_ms=time_to_first_token_ms,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
+    started_at = connection.ops.adapt_datetimefield_value(now - timedelta(milliseconds=latency_ms))
+    updated_at = connection.ops.adapt_datetimefield_value(now)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _SUCCESS_INSERT_SQL,
+            [provider.pk, model, started_at, latency_ms, time_to_first_token_ms, tokens_in, tokens_out],
         )
-        # In one UPDATE every F() reads the row as it was, so the mean uses the old count.
-        _metrics_update(
-            provider,
-            total_requests=F("total_requests") + 1,
-            successful_requests=F("successful_requests") + 1,
-            average_latency_ms=(F("average_latency_ms") * F("successful_requests") + latency_ms)
-            / (F("successful_requests") + 1.0),
-            consecutive_failures=0,
-            updated_at=now,
-        )
-        if metrics.exclude(circuit_state=CircuitState.CLOSED).update(
-            circuit_state=CircuitState.CLOSED, opened_at=None, probe_started_at=None
-        ):
+        cursor.execute(_SUCCESS_METRICS_SQL, [latency_ms, updated_at, provider.pk])
+        if cursor.rowcount == 0:  # a provider added in the admin, never used: its row, then the counts
+            _metrics_ensure(provider)
+            cursor.execute(_SUCCESS_METRICS_SQL, [latency_ms, updated_at, provider.pk])
+        cursor.execute(_SUCCESS_CLOSE_SQL, [provider.pk])
+        if cursor.rowcount:
             _log("provider.circuit_closed", provider, reason="a request succeeded")
-    return request
 
 
 def breaker_record_failure(
@@ -311,6 +326,8 @@ def provider_health_check(
         )
     else:
         check = HealthCheck(True, _short_error(message), clients.monotonic_ms(started))
+        # The configuration error it may have shown is fixed: the provider answered with its model.
+        _metrics_update(provider, last_error_class="", updated_at=now)
     with transaction.atomic():
         _log(
             "provider.health_checked",

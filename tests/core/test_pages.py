@@ -3,6 +3,7 @@ from django.urls import reverse
 
 PAGES = [
     "/",
+    "/chat",
     "/swarm/",
     "/swarm/events",
     "/swarm/live",

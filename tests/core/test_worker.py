@@ -7,7 +7,6 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -18,6 +17,7 @@ from apps.events.models import Event, EventType
 from apps.swarm import worker as swarm_worker
 from apps.swarm.models import Agent, Task
 from tests.factories import AgentFactory, BidFactory, TaskFactory
+from tests.llm_servers import refused_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -200,20 +200,33 @@ def test_the_home_page_shows_task_counts_agents_and_latest_events(staff_client):
 # --- manage.py run_worker ---
 
 
-def test_run_worker_once_closes_due_auctions_assigns_winners_and_writes_a_heartbeat(db, restore_signal_handlers):
+def test_run_worker_once_closes_due_auctions_runs_the_winner_and_writes_a_heartbeat(
+    db, restore_signal_handlers, settings, monkeypatch
+):
+    # No LLM is reachable: the providers the worker creates at start point where nothing listens.
+    settings.OLLAMA_HOST = refused_url()
+    settings.AIRLLM_MODEL_PATH = ""
+    settings.OPENAI_BASE_URL = ""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cheap = due_auction(ada=30, bob=20)
     empty = due_auction()
     out = StringIO()
     call_command("run_worker", "--once", "--worker-id", "once-1", stdout=out)
     cheap.refresh_from_db()
     empty.refresh_from_db()
-    assert cheap.status == Task.Status.ASSIGNED
+    # bob won the auction, then the worker ran his task: no model answered, so it failed with the router's reason.
     assert cheap.assigned_agent is not None and cheap.assigned_agent.name == "bob"
+    assert cheap.status == Task.Status.FAILED
+    assert cheap.failure_reason.startswith(
+        f"No LLM provider answered. ollama: cannot connect to Ollama at {settings.OLLAMA_HOST}"
+    )
+    assert "airllm: disabled" in cheap.failure_reason
+    assert cheap.attempts == 1
     assert empty.status == Task.Status.FAILED
     assert "No agent bid" in empty.failure_reason
     lines = out.getvalue().splitlines()
     assert lines[0] == f"Worker once-1 running {len(settings.WORKER_STEPS)} step(s)."
-    assert "Handled 2 item(s)." in lines
+    assert "Handled 3 item(s)." in lines
     assert lines[-1] == "Worker stopped."
     beat = WorkerHeartbeat.objects.get(worker_id="once-1")
     assert beat.stopped_at is not None

@@ -1,4 +1,5 @@
 import time
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -10,6 +11,8 @@ from apps.swarm import services
 from apps.swarm.models import Agent, Task
 from tests.e2e.conftest import SUBPROCESS_SETTINGS, Worker, event_rows, post_task
 from tests.factories import AgentFactory
+from tests.llm_servers import OllamaServer
+from tests.providers.factories import ProviderFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +24,17 @@ def wait_for_auction_to_close(task: Task) -> None:
     time.sleep(max(0.0, remaining) + 0.1)
 
 
-def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(staff_page: Page, worker: Worker):
+@pytest.fixture
+def model_server(transactional_db: None) -> Iterator[OllamaServer]:
+    """The worker runs the tasks it assigns: through a local server that speaks Ollama's protocol."""
+    with OllamaServer() as server:
+        ProviderFactory(name="ollama", base_url=server.url, model=server.models[0], priority=1)
+        yield server
+
+
+def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(
+    staff_page: Page, worker: Worker, model_server: OllamaServer
+):
     page = staff_page
     researcher = AgentFactory(status=Agent.Status.IDLE, keywords=["research"], base_bid_sats=50)
     AgentFactory(status=Agent.Status.IDLE, keywords=["code"], base_bid_sats=100)
@@ -39,7 +52,10 @@ def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(staff
 
     wait_for_auction_to_close(task)
     output = worker.run_once()
-    assert "Handled 1 item(s)." in output, output
+    assert "Handled 2 item(s)." in output, output  # the auction closed, then the winner ran the task
+    task.refresh_from_db()
+    assert task.status == Task.Status.COMPLETED
+    assert task.result == "Echo: Research the history of the sat"
 
     page.reload()
     assigned = (
@@ -57,6 +73,7 @@ def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(staff
     rows = event_rows(page)
     expected = list(Event.objects.filter(task_id=str(task.pk)).values_list("event_type", flat=True))
     assert {"task.created", "task.bidding", "bid.submitted", "task.assigned"} <= set(expected)
+    assert expected[:4] == ["task.completed", "tool.completed", "tool.called", "task.started"]
     expect(rows).to_have_count(len(expected))
     expect(rows.filter(has=page.locator(f'a[href="?task_id={task.pk}"]'))).to_have_count(len(expected))
     expect(rows.locator("td:nth-child(3)")).to_have_text(expected)  # newest first, as stored

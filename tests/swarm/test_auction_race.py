@@ -11,6 +11,7 @@ from apps.events.models import Event, EventType
 from apps.swarm.models import Agent, Task
 from tests.factories import AgentFactory, BidFactory, TaskFactory
 from tests.gated import gated
+from tests.llm_servers import refused_url
 
 TASKS = 80  # under the 100 auctions one pass of the worker closes
 TIMEOUT = 60
@@ -41,7 +42,10 @@ def test_two_workers_racing_on_the_same_due_auctions_assign_each_task_exactly_on
         expected_winner[task.pk] = agents[n % len(agents)].pk
 
     commands = [["-c", STARTING_GATE, "run_worker", "--once", "--worker-id", f"racer-{i}"] for i in range(2)]
-    with gated(commands, env=subprocess_env) as racers:
+    # Each racer also runs one assigned task after closing auctions; no model answers here, so it fails.
+    env = {**subprocess_env, "OLLAMA_HOST": refused_url(), "AIRLLM_MODEL_PATH": "", "OPENAI_BASE_URL": ""}
+    env["OPENAI_API_KEY"] = ""
+    with gated(commands, env=env) as racers:
         racers.wait_ready()
         racers.release()
         outputs = racers.finish(timeout=TIMEOUT)
@@ -58,14 +62,17 @@ def test_two_workers_racing_on_the_same_due_auctions_assign_each_task_exactly_on
     assert all(beat.stopped_at is not None for beat in beats)
     assert max(beat.started_at for beat in beats) < min(beat.stopped_at for beat in beats if beat.stopped_at)
 
-    # Each worker counts only the auctions it closed itself.
+    # Each worker counts only the auctions it closed itself, and the one task it ran.
     handled = [re.findall(r"Handled (\d+) item", stdout) for stdout, _, _ in outputs]
     assert all(len(counts) == 1 for counts in handled)
-    assert sum(int(counts[0]) for counts in handled) == TASKS
+    assert sum(int(counts[0]) for counts in handled) == TASKS + 2
 
     tasks = list(Task.objects.all())
     assert len(tasks) == TASKS
-    assert {task.status for task in tasks} == {Task.Status.ASSIGNED}
+    assert Counter(task.status for task in tasks) == {Task.Status.ASSIGNED: TASKS - 2, Task.Status.FAILED: 2}
+    ran = [task for task in tasks if task.status == Task.Status.FAILED]
+    assert all(task.failure_reason.startswith("No LLM provider answered.") for task in ran)
+    assert all(task.attempts == 1 for task in ran)
     assert {task.pk: task.assigned_agent_id for task in tasks} == expected_winner
     assert all(task.winning_bid_sats == 10 for task in tasks)
     assigned_events = Counter(
