@@ -35,6 +35,8 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     ):
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))
+    if settings.CHAT_HISTORY_MESSAGES < 0:
+        errors.append(Error("CHAT_HISTORY_MESSAGES must be 0 (no history) or more.", id="timmy.E008"))
     if not 0 < settings.ACTIVITY_FEED_POLL_SECONDS <= 10:
         errors.append(
             Error("ACTIVITY_FEED_POLL_SECONDS must be above 0 and at most 10 (the live feed's delay).", id="timmy.E007")

@@ -32,3 +32,8 @@ def test_a_breaker_that_could_never_close_or_never_stay_open_is_caught_at_start_
     messages = [m.msg for m in run_checks() if m.id == "timmy.E006"]
     assert "CIRCUIT_BREAKER_THRESHOLD must be at least 1." in messages
     assert "CIRCUIT_BREAKER_RECOVERY_SECONDS must be at least 1." in messages
+
+
+def test_a_negative_chat_history_is_caught_at_start_up(settings):
+    settings.CHAT_HISTORY_MESSAGES = -1
+    assert "timmy.E008" in [m.id for m in run_checks()]
