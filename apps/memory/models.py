@@ -1,0 +1,85 @@
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class MemoryEntry(models.Model):
+    """Something an agent remembers (ADR-019). Its embedding and keywords live in the search index
+    (`memory_vectors`, `memory_fts`), written by the services in the same transaction; a forgotten memory is
+    kept here, with the reason, and leaves the index."""
+
+    class ContextType(models.TextChoices):
+        CONVERSATION = "conversation"
+        FACT = "fact"
+        DOCUMENT = "document"
+
+    content = models.TextField()
+    # Where it came from: "chat", "task", "api", "page", ...
+    source = models.CharField(max_length=100)
+    context_type = models.CharField(max_length=20, choices=ContextType.choices)
+    agent = models.ForeignKey("swarm.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="memories")
+    task = models.ForeignKey("swarm.Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="memories")
+    session_id = models.CharField(max_length=64, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    timestamp = models.DateTimeField(default=timezone.now)
+    # Who may see it: its owner only, or everyone when there is none (a shared memory).
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="memories"
+    )
+    embedding_model = models.CharField(max_length=100)
+    embedding_dimensions = models.PositiveSmallIntegerField()
+    # sha256 of the normalised content: exact duplicates in one scope are found by it.
+    content_hash = models.CharField(max_length=64)
+    access_count = models.PositiveIntegerField(default=0)
+    last_accessed_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        db_table = "memory_entries"
+        ordering = ["-id"]
+        verbose_name_plural = "memory entries"
+        indexes = [
+            models.Index(fields=["content_hash", "owner"], name="memory_hash_owner_idx"),
+            models.Index(fields=["owner", "context_type", "id"], name="memory_owner_type_idx"),
+            models.Index(fields=["embedding_model"], name="memory_model_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Memory {self.pk}: {self.content[:60]}"
+
+    @property
+    def is_shared(self) -> bool:
+        return self.owner_id is None
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+
+class MemoryVector(models.Model):
+    """The vector index: a sqlite-vec `vec0` virtual table on SQLite, a pgvector table with an HNSW index on
+    PostgreSQL (see migration 0001). Declared here so Django knows the table (test flushes empty it); only
+    `apps.memory.index` reads or writes it, with SQL."""
+
+    memory_id = models.BigIntegerField(primary_key=True)
+
+    class Meta:
+        db_table = "memory_vectors"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"vector of memory {self.memory_id}"
+
+
+class MemoryKeywords(models.Model):
+    """The keyword index: an FTS5 table on SQLite, a tsvector table on PostgreSQL; written like MemoryVector."""
+
+    memory_id = models.BigIntegerField(primary_key=True)
+
+    class Meta:
+        db_table = "memory_fts"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"keywords of memory {self.memory_id}"

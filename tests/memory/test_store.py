@@ -1,0 +1,155 @@
+"""Storing, finding and forgetting memories with the real embedding model and the real search index."""
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from apps.events.models import Event
+from apps.memory import services
+from apps.memory.models import MemoryEntry
+from tests.factories import StaffFactory, UserFactory
+
+FACTS = [
+    "Alice's favourite programming language is Rust.",
+    "The office Wi-Fi password changes every Monday morning.",
+    "Timmy's Lightning node runs on a Raspberry Pi in the garage.",
+    "The quarterly report is due on the fifteenth of March.",
+    "Bob is allergic to peanuts.",
+    "Backups of the database are copied to an external disk every night.",
+]
+PARAPHRASES = [
+    ("Which coding language does Alice like best?", FACTS[0]),
+    ("When must the figures for the quarter be handed in?", FACTS[3]),
+    ("Where is the Lightning node hosted?", FACTS[2]),
+    ("What food must Bob avoid?", FACTS[4]),
+    ("How often is the database backed up?", FACTS[5]),
+]
+
+
+def fact(content: str, owner=None, **fields) -> services.Stored:
+    return services.store_memory(content=content, context_type="fact", source="test", owner=owner, **fields)
+
+
+def index_count(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        return int(cursor.fetchone()[0])
+
+
+@pytest.fixture
+def alice(db):
+    return UserFactory(username="alice")
+
+
+@pytest.fixture
+def bob(db):
+    return UserFactory(username="bob")
+
+
+@pytest.mark.parametrize(("question", "expected"), PARAPHRASES)
+def test_a_paraphrased_question_finds_the_fact_it_asks_about(db, alice, question, expected):
+    for content in FACTS:
+        fact(content)
+    [best, *_] = services.search_memories(question, user=alice, limit=3)
+    assert best.memory.content == expected
+    assert best.similarity is not None and best.score > 0
+
+
+def test_storing_records_the_embedder_and_logs_an_event_without_the_content(db, alice):
+    stored = fact("My bank PIN is 4321.", owner=alice)
+    memory = stored.memory
+    assert stored.created and memory.embedding_dimensions == 384 and memory.embedding_model
+    [event] = Event.objects.filter(event_type="memory.stored")
+    assert event.data["memory_id"] == memory.pk and event.data["shared"] is False
+    assert "4321" not in str(event.data)
+
+
+def test_another_users_private_memory_is_never_found_even_as_the_best_match(db, alice, bob):
+    fact("Alice's bank PIN is 4321.", owner=alice)
+    fact("Banks are closed on public holidays.")
+    for_bob = services.search_memories("Alice's bank PIN", user=bob)
+    assert [h.memory.content for h in for_bob] == ["Banks are closed on public holidays."]
+    for_alice = services.search_memories("Alice's bank PIN", user=alice)
+    assert for_alice[0].memory.content == "Alice's bank PIN is 4321."
+    assert services.get_memory_context("Alice's bank PIN", user=bob).count("4321") == 0
+
+
+def test_staff_see_everyones_memories_only_when_they_ask(db, alice):
+    fact("Alice's bank PIN is 4321.", owner=alice)
+    staff = StaffFactory()
+    assert services.search_memories("bank PIN", user=staff) == []
+    [hit] = services.search_memories("bank PIN", user=staff, all_users=True)
+    assert hit.memory.owner == alice
+
+
+def test_a_limit_of_five_returns_five_visible_memories_when_hidden_ones_match_better(db, alice, bob):
+    # Near-duplicates on purpose: keep them all.
+    private = [f"Alice's secret garden plan number {n}: tomatoes by the fence." for n in range(10)]
+    shared = [f"Shared gardening note {n}: water plants early in the day." for n in range(6)]
+    services.store_memories([services.NewMemory(c, "fact", "test", owner=alice) for c in private], keep_both=True)
+    services.store_memories([services.NewMemory(c, "fact", "test") for c in shared], keep_both=True)
+    hits = services.search_memories("Alice's secret garden plan tomatoes", user=bob, limit=5)
+    assert len(hits) == 5
+    assert all(h.memory.owner is None for h in hits)
+
+
+def test_an_exact_duplicate_bumps_the_existing_memory_instead_of_storing_it_again(db, alice):
+    first = fact("Bob is allergic to peanuts.", owner=alice)
+    again = fact("  bob is ALLERGIC to peanuts.  ", owner=alice)
+    assert (again.created, again.duplicate, again.memory.pk) == (False, "exact", first.memory.pk)
+    assert again.memory.access_count == 1
+    # The same words in another scope are another memory.
+    assert fact("Bob is allergic to peanuts.").created
+
+
+def test_a_near_duplicate_is_bumped_unless_asked_to_keep_both(db, alice):
+    first = fact("Bob is allergic to peanuts.", owner=alice)
+    near = fact("Bob is allergic to peanuts!", owner=alice)
+    assert (near.created, near.duplicate, near.memory.pk) == (False, "near", first.memory.pk)
+    kept = services.store_memory(
+        content="Bob is allergic to peanuts!", context_type="fact", source="test", owner=alice, keep_both=True
+    )
+    assert kept.created and kept.memory.pk != first.memory.pk
+
+
+def test_forgetting_keeps_the_row_with_its_reason_and_removes_it_from_every_search(db, alice, bob):
+    memory = fact("Alice parks in bay 7.", owner=alice).memory
+    assert (index_count("memory_vectors"), index_count("memory_fts")) == (1, 1)
+    with pytest.raises(services.MemoryNotFound):
+        services.forget(memory_id=memory.pk, actor=bob, reason="not mine")
+    forgotten = services.forget(memory_id=memory.pk, actor=alice, reason="I moved house")
+    assert forgotten.deleted_reason == "I moved house" and forgotten.is_deleted
+    assert (index_count("memory_vectors"), index_count("memory_fts")) == (0, 0)
+    assert services.search_memories("where does Alice park", user=alice) == []
+    with pytest.raises(services.MemoryAlreadyForgotten):
+        services.forget(memory_id=memory.pk, actor=alice, reason="again")
+    assert MemoryEntry.objects.filter(pk=memory.pk).exists()
+
+
+def test_the_context_is_packed_into_the_token_budget(db, alice):
+    for content in FACTS:
+        fact(content)
+    context = services.get_memory_context("Alice programming language", user=alice, max_tokens=30)
+    assert context.startswith("- [fact, ") and "Rust" in context
+    assert len(context) <= 30 * 4
+    assert services.get_memory_context("anything", user=alice, max_tokens=0) == ""
+
+
+def test_bad_input_is_refused_with_a_reason(db, alice):
+    with pytest.raises(services.InvalidMemory, match="empty"):
+        fact("   ", owner=alice)
+    with pytest.raises(services.InvalidMemory, match="Unknown context type"):
+        services.store_memory(content="x", context_type="rumour", source="test")
+    with pytest.raises(services.InvalidMemory, match="why"):
+        services.forget(memory_id=fact("x y z", owner=alice).memory.pk, actor=alice, reason=" ")
+    # Query syntax in the words is searched for, never parsed.
+    [hit] = services.search_memories('"x AND (y NEAR', user=alice)
+    assert hit.memory.content == "x y z"
+
+
+def test_the_index_tables_are_emptied_by_a_flush(transactional_db, alice):
+    for content in FACTS:
+        fact(content)
+    assert index_count("memory_vectors") == len(FACTS)
+    call_command("flush", interactive=False, verbosity=0)
+    assert (index_count("memory_vectors"), index_count("memory_fts")) == (0, 0)
