@@ -126,17 +126,32 @@ def test_a_relative_data_dir_is_under_the_project_wherever_the_process_starts(tm
         shutil.rmtree(ROOT / relative, ignore_errors=True)
 
 
-def test_the_database_has_sqlite_vec_loaded(db):
+def test_the_database_has_its_vector_extension(db):
+    """sqlite-vec is loaded on every connection by timmy_site.db; pgvector is created by the memory migration."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT vec_version()")
-        assert cursor.fetchone()[0].startswith("v")
-        cursor.execute("SELECT vec_distance_l2('[0, 0, 0]', '[0, 3, 4]')")
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            assert cursor.fetchone() is not None
+            cursor.execute("SELECT '[0, 0, 0]'::vector <-> '[0, 3, 4]'::vector")
+        else:
+            cursor.execute("SELECT vec_version()")
+            assert cursor.fetchone()[0].startswith("v")
+            cursor.execute("SELECT vec_distance_l2('[0, 0, 0]', '[0, 3, 4]')")
         assert cursor.fetchone()[0] == 5.0
 
 
-def test_the_database_is_in_wal_mode_with_a_busy_timeout(db):
+def test_readers_pass_a_writer_and_a_blocked_writer_waits(db):
     with connection.cursor() as cursor:
-        cursor.execute("PRAGMA journal_mode")
-        assert cursor.fetchone()[0] == "wal"
-        cursor.execute("PRAGMA busy_timeout")
-        assert cursor.fetchone()[0] >= 5000
+        if connection.vendor == "postgresql":
+            # Readers never wait for writers there. A write waits for a row lock without limit, and in READ
+            # COMMITTED (Django's default) a conditional UPDATE that waited re-checks its WHERE on the committed
+            # row, which is what makes the worker's claims exclusive.
+            cursor.execute("SHOW lock_timeout")
+            assert cursor.fetchone()[0] == "0"
+            cursor.execute("SHOW transaction_isolation")
+            assert cursor.fetchone()[0] == "read committed"
+        else:
+            cursor.execute("PRAGMA journal_mode")
+            assert cursor.fetchone()[0] == "wal"
+            cursor.execute("PRAGMA busy_timeout")
+            assert cursor.fetchone()[0] >= 5000
