@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import connections, transaction
 from django.utils import timezone
 
@@ -17,6 +17,7 @@ from apps.agents.models import ChatMessage, ChatSession
 from apps.agents.tools import TOOLS
 from apps.events.models import EventType
 from apps.events.services import clean_multiline_text, log_event
+from apps.memory import services as memory
 from apps.providers import router
 from apps.providers.clients import monotonic_ms
 from apps.providers.router import Completion, RouterError
@@ -76,6 +77,8 @@ def tool_run(
 # --- Timmy's chat ---
 
 CHAT_SOURCE = "agents.chat"
+# How much of what memory finds goes into a prompt.
+MEMORY_CONTEXT_TOKENS = 500
 TASK_SOURCE = "agents.worker"
 LLM_TOOL = "llm.complete"
 MESSAGE_MAX = 8_000
@@ -194,7 +197,11 @@ def chat_send(
     try:
         completion = _llm_complete(
             [*history, {"role": ChatMessage.Role.USER, "content": text}],
-            system_prompt=prompts.TIMMY,
+            system_prompt=prompts.with_memory(
+                prompts.TIMMY,
+                memory.get_memory_context(text, user=user, max_tokens=MEMORY_CONTEXT_TOKENS),
+                heading="What you remember that may help",
+            ),
             on_chunk=on_chunk,
         )
     except RouterError as exc:  # nothing answered, or the answer broke off mid-stream
@@ -235,6 +242,15 @@ def chat_send(
             agent_id=agent_id,
             data={**_llm_completed_data(completion, started), "session_id": str(new_id)},
         )
+    # Remembered after the answer, so it is found from the next message on (never in its own context).
+    memory.store_memory(
+        content=f"{user.get_username()}: {text}\nTimmy: {response}",
+        context_type="conversation",
+        source=CHAT_SOURCE,
+        owner=user,
+        agent_id=agent_id,
+        session_id=str(new_id),
+    )
     return ChatReply(
         response=response,
         provider=completion.provider,
@@ -312,7 +328,13 @@ def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) 
     try:
         with _LeaseKeeper(task_id=task.pk, worker_id=worker_id, lease_seconds=lease):
             completion = router.complete(
-                [{"role": "user", "content": task.description}], system_prompt=prompts.persona_prompt(persona)
+                [{"role": "user", "content": task.description}],
+                system_prompt=prompts.with_memory(
+                    prompts.persona_prompt(persona),
+                    # Task memories are shared (every task is on the swarm board for all staff to see).
+                    memory.get_memory_context(task.description, user=AnonymousUser(), max_tokens=MEMORY_CONTEXT_TOKENS),
+                    heading="Similar past tasks and facts",
+                ),
             )
     except RouterError as exc:
         reason = str(exc)
@@ -324,7 +346,17 @@ def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) 
         return _task_finish(
             task, worker_id=worker_id, reason=f"{completion.provider} ({completion.model}) sent an empty reply."
         )
-    return _task_finish(task, worker_id=worker_id, result=result)
+    finished = _task_finish(task, worker_id=worker_id, result=result)
+    if persona == Persona.ECHO and finished.status == Task.Status.COMPLETED:
+        # Echo's research is remembered, shared, for the tasks that come after.
+        memory.store_memory(
+            content=f"Task: {task.description}\nResult: {result}",
+            context_type="conversation",
+            source=TASK_SOURCE,
+            agent_id=task.assigned_agent_id,
+            task_id=task.pk,
+        )
+    return finished
 
 
 def _task_llm_completed(task: Task, data: dict[str, Any]) -> None:

@@ -2,4 +2,5 @@ from apps.events.models import Event
 
 
 def events_from(source: str) -> list[Event]:
-    return list(Event.objects.filter(source=source).order_by("id"))
+    """The tool events a source logged, in order (memory.stored and the like left out)."""
+    return list(Event.objects.filter(source=source, event_type__startswith="tool.").order_by("id"))

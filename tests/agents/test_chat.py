@@ -39,12 +39,23 @@ def test_the_second_message_carries_the_first_exchange(staff_user, ollama):
     second = chat_send(user=staff_user, message="What is my name?", session_id=first.session_id)
     assert second.session_id == first.session_id
     assert second.response == "Echo: What is my name?"
-    assert ollama.chats[1]["messages"] == [
-        {"role": "system", "content": prompts.TIMMY},
+    system, *conversation = ollama.chats[1]["messages"]
+    assert conversation == [
         {"role": "user", "content": "My name is Ada."},
         {"role": "assistant", "content": "Echo: My name is Ada."},
         {"role": "user", "content": "What is my name?"},
     ]
+    assert system["role"] == "system" and system["content"].startswith(prompts.TIMMY)
+
+
+def test_a_new_conversation_remembers_earlier_ones_of_the_same_user_only(staff_user, plain_user, ollama):
+    chat_send(user=staff_user, message="My name is Ada and my favourite colour is teal.")
+    chat_send(user=staff_user, message="What is my favourite colour?")  # a new conversation
+    remembered = ollama.chats[1]["messages"][0]["content"]
+    assert "What you remember that may help" in remembered
+    assert "my favourite colour is teal" in remembered
+    chat_send(user=plain_user, message="What is my favourite colour?")
+    assert "teal" not in ollama.chats[2]["messages"][0]["content"]
 
 
 def test_both_sides_are_stored_in_order_with_who_answered(staff_user, ollama):

@@ -57,11 +57,23 @@ def test_the_winning_personas_prompt_and_the_task_go_to_the_model(personas, olla
     assert "You are Forge, the code agent" in prompts.PERSONAS["forge"]
 
 
+def test_a_task_is_given_what_echo_learned_on_a_similar_earlier_task(personas, ollama):
+    assigned(personas["echo"], "Research the history of the Lightning Network")
+    run_assigned_tasks(timezone.now())
+    assigned(personas["quill"], "Write a short history of the Lightning Network")
+    run_assigned_tasks(timezone.now())
+    system = ollama.chats[1]["messages"][0]["content"]
+    assert system.startswith(prompts.PERSONAS["quill"])
+    assert "Similar past tasks and facts" in system
+    assert "Result: Echo: Research the history of the Lightning Network" in system
+
+
 def test_events_are_started_tool_called_tool_completed_completed_in_order(personas, ollama):
     echo = personas["echo"]
     task = assigned(echo)
     run_assigned_tasks(timezone.now())
-    assert event_types(task) == ["task.started", "tool.called", "tool.completed", "task.completed"]
+    # Echo's research is remembered once the task is done.
+    assert event_types(task) == ["task.started", "tool.called", "tool.completed", "task.completed", "memory.stored"]
     [called] = events_of(task, EventType.TOOL_CALLED)
     assert (called.source, called.agent_id) == (TASK_SOURCE, str(echo.pk))
     assert called.data == {
@@ -180,7 +192,7 @@ def test_two_workers_racing_run_a_task_exactly_once(transactional_db, personas, 
     task.refresh_from_db()
     assert task.status == Task.Status.COMPLETED
     assert task.attempts == 1
-    assert event_types(task) == ["task.started", "tool.called", "tool.completed", "task.completed"]
+    assert event_types(task) == ["task.started", "tool.called", "tool.completed", "task.completed", "memory.stored"]
 
 
 def test_the_lease_is_renewed_while_a_slow_model_answers(transactional_db, personas, ollama, settings):
