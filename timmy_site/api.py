@@ -3,6 +3,7 @@ from ninja import NinjaAPI
 from apps.agents.api import router as chat_router
 from apps.core.auth import api_auth
 from apps.events.api import router as events_router
+from apps.memory.api import router as memory_router
 from apps.providers.api import router as providers_router
 from apps.swarm.api import router as swarm_router
 
@@ -18,3 +19,4 @@ api.add_router("/events", events_router)
 api.add_router("/", swarm_router)
 api.add_router("/router", providers_router)
 api.add_router("/", chat_router)
+api.add_router("/memory", memory_router)

@@ -249,8 +249,8 @@ def get_memory_context(
     return "\n".join(lines)
 
 
-def memory_visible(memory: MemoryEntry, user: User) -> bool:
-    owners = visible_owner_ids(user, all_users=True)
+def memory_visible(memory: MemoryEntry, user: User, *, all_users: bool = False) -> bool:
+    owners = visible_owner_ids(user, all_users=all_users)
     return owners is None or _owner_key(memory.owner) in owners
 
 

@@ -1,0 +1,119 @@
+from datetime import datetime
+
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema, Status
+from ninja.errors import HttpError
+
+from apps.core.auth import require_staff
+from apps.memory import services
+from apps.memory.models import MemoryEntry
+from apps.swarm.models import Agent
+
+router = Router(tags=["memory"])
+ContextType = MemoryEntry.ContextType
+
+
+class MemoryIn(Schema):
+    content: str = Field(..., min_length=1, max_length=services.CONTENT_MAX)
+    context_type: ContextType
+    agent_id: int | None = None
+    # Shared memories are seen by every user; otherwise only by the one who stored it.
+    shared: bool = False
+
+
+class MemoryOut(Schema):
+    id: int
+    content: str
+    context_type: str
+    source: str
+    shared: bool
+    agent_id: int | None
+    task_id: int | None
+    session_id: str
+    timestamp: datetime
+    embedding_model: str
+    access_count: int
+
+
+class StoredOut(MemoryOut):
+    created: bool
+    duplicate: str
+
+
+class HitOut(MemoryOut):
+    score: float
+    similarity: float | None
+
+
+class ContextOut(Schema):
+    context: str
+
+
+class ForgetIn(Schema):
+    reason: str = Field(..., min_length=1, max_length=services.REASON_MAX)
+
+
+class ForgottenOut(Schema):
+    id: int
+    deleted_at: datetime
+    deleted_reason: str
+
+
+def _out(memory: MemoryEntry, **extra: object) -> dict[str, object]:
+    fields = {name: getattr(memory, name) for name in MemoryOut.model_fields if name != "shared"}
+    return {**fields, "shared": memory.is_shared, **extra}
+
+
+@router.post("", response={200: StoredOut, 201: StoredOut}, summary="Remember something (200: it was known)")
+def memory_store(request: HttpRequest, payload: MemoryIn) -> Status[dict[str, object]]:
+    user = require_staff(request)
+    if payload.agent_id is not None and not Agent.objects.filter(pk=payload.agent_id).exists():
+        raise HttpError(422, f"Agent {payload.agent_id} not found.")
+    try:
+        stored = services.store_memory(
+            content=payload.content,
+            context_type=payload.context_type,
+            source="api",
+            owner=None if payload.shared else user,
+            agent_id=payload.agent_id,
+        )
+    except services.InvalidMemory as exc:
+        raise HttpError(422, str(exc)) from exc
+    body = _out(stored.memory, created=stored.created, duplicate=stored.duplicate)
+    return Status(201 if stored.created else 200, body)
+
+
+@router.get("/search", response=list[HitOut], summary="Memories you may see that match, by meaning and words")
+def memory_search(
+    request: HttpRequest,
+    q: str = Query(..., min_length=1, max_length=2000),
+    limit: int = Query(5, ge=1, le=services.SEARCH_LIMIT_MAX),
+    context_type: ContextType | None = None,
+    agent_id: int | None = None,
+) -> list[dict[str, object]]:
+    user = require_staff(request)
+    hits = services.search_memories(q, user=user, agent_id=agent_id, context_type=context_type, limit=limit)
+    return [_out(hit.memory, score=hit.score, similarity=hit.similarity) for hit in hits]
+
+
+@router.get("/context", response=ContextOut, summary="The best memories for a prompt, within a token budget")
+def memory_context(
+    request: HttpRequest,
+    q: str = Query(..., min_length=1, max_length=2000),
+    max_tokens: int = Query(1000, ge=1, le=8000),
+) -> dict[str, str]:
+    user = require_staff(request)
+    return {"context": services.get_memory_context(q, user=user, max_tokens=max_tokens)}
+
+
+@router.delete("/{memory_id}", response=ForgottenOut, summary="Forget a memory (kept, with the reason, unsearchable)")
+def memory_forget(request: HttpRequest, memory_id: int, payload: ForgetIn) -> MemoryEntry:
+    user = require_staff(request)
+    try:
+        return services.forget(memory_id=memory_id, actor=user, reason=payload.reason)
+    except services.MemoryNotFound as exc:
+        raise HttpError(404, str(exc)) from exc
+    except services.MemoryAlreadyForgotten as exc:
+        raise HttpError(409, str(exc)) from exc
+    except services.InvalidMemory as exc:
+        raise HttpError(422, str(exc)) from exc
