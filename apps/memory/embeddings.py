@@ -213,9 +213,25 @@ def _empty_vector(dimensions: int) -> np.ndarray:
 BACKENDS = ("auto", "minilm", "hashed")
 
 
-@functools.cache
+_embedder_lock = threading.Lock()
+
+
 def get_embedder() -> Embedder:
-    """The embedder EMBEDDING_BACKEND names, made once per process (tests: get_embedder.cache_clear())."""
+    """The embedder EMBEDDING_BACKEND names, made once per process. "auto" imports sentence-transformers to
+    see whether it can (seconds, the first time); the model itself loads on the first embed()."""
+    # One embedder even when the first requests come at once: each would otherwise load its own model.
+    with _embedder_lock:
+        return _embedder_from_settings()
+
+
+def reset_embedder() -> None:
+    """Forget this process's embedder: the next get_embedder() reads the settings again (for tests)."""
+    with _embedder_lock:
+        _embedder_from_settings.cache_clear()
+
+
+@functools.cache
+def _embedder_from_settings() -> Embedder:
     backend = getattr(settings, "EMBEDDING_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ImproperlyConfigured(f"EMBEDDING_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")

@@ -6,7 +6,7 @@ returns 5 visible memories.
 """
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -281,3 +281,31 @@ def forget(*, memory_id: int, actor: User, reason: str) -> MemoryEntry:
         )
     memory.refresh_from_db()
     return memory
+
+
+def reindex(
+    *, batch_size: int = 64, everything: bool = False, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Re-embed live memories made by another embedder than the current one (or every one), in batches, so
+    their vectors can be compared with new ones. Returns how many were re-embedded."""
+    embedder = get_embedder()
+    pending = MemoryEntry.objects.filter(deleted_at__isnull=True)
+    if not everything:
+        pending = pending.exclude(embedding_model=embedder.name)
+    total = pending.count()
+    done = 0
+    last_id = 0
+    while True:
+        batch = list(pending.filter(pk__gt=last_id).order_by("pk").only("pk", "content")[:batch_size])
+        if not batch:
+            return done
+        vectors = embedder.embed([memory.content for memory in batch])
+        with transaction.atomic():
+            index.index_replace_vectors([(memory.pk, vector) for memory, vector in zip(batch, vectors, strict=True)])
+            MemoryEntry.objects.filter(pk__in=[memory.pk for memory in batch]).update(
+                embedding_model=embedder.name, embedding_dimensions=embedder.dimensions
+            )
+        done += len(batch)
+        last_id = batch[-1].pk
+        if progress is not None:
+            progress(done, total)

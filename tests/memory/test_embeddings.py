@@ -20,6 +20,7 @@ from apps.memory.embeddings import (
     SentenceTransformerEmbedder,
     get_embedder,
     packaged_model_path,
+    reset_embedder,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,9 +56,9 @@ def embedder(request: pytest.FixtureRequest) -> Embedder:
 
 @pytest.fixture
 def fresh_get_embedder() -> Iterator[None]:
-    get_embedder.cache_clear()
+    reset_embedder()
     yield
-    get_embedder.cache_clear()
+    reset_embedder()
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -128,29 +129,30 @@ def test_minilm_loads_nothing_until_the_first_text() -> None:
 def test_minilm_loads_once_and_later_embeds_reuse_the_model(settings, fresh_get_embedder: None) -> None:
     settings.EMBEDDING_BACKEND = "minilm"
     settings.EMBEDDING_MODEL_PATH = ""
-    embedder = get_embedder()
-    assert get_embedder() is embedder
-    assert isinstance(embedder, SentenceTransformerEmbedder)
-    assert embedder.name == PACKAGED_MODEL_NAME
-    assert not embedder.is_loaded
     start = threading.Barrier(4)
-    models: list[object] = []
+    seen: list[tuple[Embedder, object]] = []
 
-    def embed() -> None:
+    def first_request() -> None:
         start.wait()
+        embedder = get_embedder()
         embedder.embed([CAT])
-        models.append(embedder.model)
+        assert isinstance(embedder, SentenceTransformerEmbedder)
+        seen.append((embedder, embedder.model))
 
-    threads = [threading.Thread(target=embed) for _ in range(4)]
+    threads = [threading.Thread(target=first_request) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    embedder = get_embedder()
+    assert isinstance(embedder, SentenceTransformerEmbedder)
+    model = embedder.model
     embedder.embed([KITTEN, TAX])
 
-    assert len(models) == 4
-    assert all(model is embedder.model for model in models)
-    assert get_embedder() is embedder
+    assert len(seen) == 4
+    assert all(e is embedder and m is model for e, m in seen)
+    assert embedder.model is model
+    assert embedder.name == PACKAGED_MODEL_NAME
 
 
 def test_model_path_setting_names_the_embedder_after_its_directory(
