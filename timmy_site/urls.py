@@ -15,5 +15,6 @@ urlpatterns = [
     path("swarm/", include("apps.events.urls")),
     path("router/", include("apps.providers.urls")),
     path("", include("apps.agents.urls")),
+    path("", include("apps.memory.urls")),
     path("", include("apps.core.urls")),
 ]

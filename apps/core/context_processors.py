@@ -10,7 +10,7 @@ NAVIGATION = [
     ("Events", "events:list"),
     ("Live", "events:live"),
     ("Ledger", "ledger"),
-    ("Memory", "memory"),
+    ("Memory", "memory:index"),
     ("Upgrades", "upgrades"),
     ("Router", "providers:status"),
 ]

@@ -28,7 +28,6 @@ def home(request: HttpRequest) -> HttpResponse:
 # Pages whose capability lands in a later issue: the navigation is complete from day one.
 NOT_BUILT = {
     "ledger": ("Ledger", "Lightning invoices, payments to agents and L402 receipts (ADR-018)."),
-    "memory": ("Memory", "Semantic memory: what agents learned, searchable by meaning (ADR-019)."),
     "upgrades": ("Upgrades", "Self-modification proposals awaiting human approval (ADR-021)."),
 }
 
