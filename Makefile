@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEV := DJANGO_DEBUG=1
 
-.PHONY: setup browser redis run test lint manage bench clean
+.PHONY: setup browser redis run test test-pg lint manage bench clean
 
 setup: $(VENV)/.installed browser redis
 
@@ -35,6 +35,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# A private PostgreSQL 16 + pgvector (the pgserver package) for this run only, see tests/pg.py. Every test but the
+# browser ones, which drive the same code as the rest through daphne and the worker, and would double the time.
+test-pg: $(VENV)/.installed
+	$(PY) -m tests.pg run -- $(PY) -m pytest -m "not e2e"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check apps timmy_site tests bench

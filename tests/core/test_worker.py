@@ -263,9 +263,9 @@ def test_sigterm_stops_a_running_worker_promptly_and_cleanly(transactional_db, s
         text=True,
     )
     try:
-        wait_for(lambda: WorkerHeartbeat.objects.filter(worker_id="sig-1").exists(), 30, "the worker to register")
-        agent.refresh_from_db()
-        assert agent.status == Agent.Status.IDLE
+        # The heartbeat is written first and the agents join after it: wait for the end of the start-up.
+        wait_for(lambda: Agent.objects.get(pk=agent.pk).status == Agent.Status.IDLE, 30, "ada to come online")
+        assert WorkerHeartbeat.objects.filter(worker_id="sig-1").exists()
         time.sleep(0.3)  # into the poll wait
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
