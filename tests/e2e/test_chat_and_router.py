@@ -13,6 +13,7 @@ from tests.llm_servers import OllamaServer, refused_url
 from tests.providers.factories import ProviderFactory
 
 pytestmark = pytest.mark.e2e
+FIRST_MESSAGE_MS = 60_000
 
 
 @pytest.fixture
@@ -32,7 +33,8 @@ def test_chat_answers_through_the_local_model_and_keeps_the_conversation(staff_p
     page.goto("/chat")
     say(page, "What is a <sat>?")
     conversation = page.locator("#conversation")
-    expect(conversation.locator(".chat-assistant")).to_have_count(1)
+    # The web process loads the embedding model for Timmy's memory on its first message: seconds, once.
+    expect(conversation.locator(".chat-assistant")).to_have_count(1, timeout=FIRST_MESSAGE_MS)
     expect(conversation).to_contain_text("Echo: What is a <sat>?")  # shown as text, not markup
     expect(conversation.locator(".chat-assistant")).to_contain_text("via ollama · llama3.2")
 
@@ -54,7 +56,7 @@ def test_chat_says_plainly_when_no_model_answers(staff_page: Page, transactional
     page.goto("/chat")
     say(page, "Anyone there?")
     alert = page.locator("#conversation .chat-error")
-    expect(alert).to_contain_text("No LLM provider answered")
+    expect(alert).to_contain_text("No LLM provider answered", timeout=FIRST_MESSAGE_MS)
     expect(alert).to_contain_text("ollama: cannot connect")
     expect(page.locator("#conversation")).to_contain_text("Anyone there?")  # the question is kept
 

@@ -73,7 +73,8 @@ def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(
     rows = event_rows(page)
     expected = list(Event.objects.filter(task_id=str(task.pk)).values_list("event_type", flat=True))
     assert {"task.created", "task.bidding", "bid.submitted", "task.assigned"} <= set(expected)
-    assert expected[:4] == ["task.completed", "tool.completed", "tool.called", "task.started"]
+    # The researcher is an Echo persona: what it found is remembered once the task is done.
+    assert expected[:5] == ["memory.stored", "task.completed", "tool.completed", "tool.called", "task.started"]
     expect(rows).to_have_count(len(expected))
     expect(rows.filter(has=page.locator(f'a[href="?task_id={task.pk}"]'))).to_have_count(len(expected))
     expect(rows.locator("td:nth-child(3)")).to_have_text(expected)  # newest first, as stored
