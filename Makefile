@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEV := DJANGO_DEBUG=1
 
-.PHONY: setup browser redis run test test-pg lint manage bench clean
+.PHONY: setup browser redis run test test-sqlite test-pg lint manage bench clean
 
 setup: $(VENV)/.installed browser redis
 
@@ -33,13 +33,20 @@ run: $(VENV)/.installed
 	$(DEV) $(PY) manage.py ensure_admin
 	$(DEV) $(PY) manage.py serve
 
-test: $(VENV)/.installed
-	$(PY) -m pytest
+# One OpenMP thread for torch (the MiniLM embedder): on two cores its spinning threads starve the processes a test
+# waits on (PostgreSQL, the worker, daphne), and the memory and chat tests take up to twice as long.
+TEST_ENV := OMP_NUM_THREADS=1
+
+# Every test on the embedded SQLite, then again on PostgreSQL.
+test: test-sqlite test-pg
+
+test-sqlite: $(VENV)/.installed
+	$(TEST_ENV) $(PY) -m pytest
 
 # A private PostgreSQL 16 + pgvector (the pgserver package) for this run only, see tests/pg.py. Every test but the
-# browser ones, which drive the same code as the rest through daphne and the worker, and would double the time.
+# browser ones, which drive the same code as the rest through daphne and the worker, and would add 2-3 minutes.
 test-pg: $(VENV)/.installed
-	$(PY) -m tests.pg run -- $(PY) -m pytest -m "not e2e"
+	$(TEST_ENV) $(PY) -m tests.pg run -- $(PY) -m pytest -m "not e2e"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check apps timmy_site tests bench

@@ -1,11 +1,12 @@
 """A private PostgreSQL with pgvector for one test run: `python -m tests.pg run -- python -m pytest ...`.
 
-The `pgserver` package bundles PostgreSQL 16 and pgvector. `run` initialises a cluster in
-`data/test-pg/<pid>/` (seconds), listening only on a unix socket in that directory, so two runs at once, from
-one clone or two, never share a server or a `test_postgres` database. It creates the `vector` extension in
-`template1` (pytest-django's test database is copied from it) and in `postgres`, runs the command with
-DATABASE_URL pointing at the server, then stops the server, deletes the cluster and exits with the command's
-status. Clusters left by runs that were killed are removed by the next run.
+The `pgserver` package bundles PostgreSQL 16 and pgvector. `run` initialises a cluster in `data/test-pg/<pid>/`
+(about a second), listening only on a unix socket in that directory, so two runs at once, from one clone or two,
+never share a server or a `test_postgres` database. It creates the `vector` extension in the `postgres` database,
+which fails at once if pgvector cannot load, but not in `template1`: the test database gets it from the memory
+migration, as a production one does. Then it runs the command with DATABASE_URL pointing at the server, stops the
+server, deletes the cluster and exits with the command's status. Clusters of runs that were killed are removed
+by the next run.
 """
 
 import argparse
@@ -32,8 +33,8 @@ with warnings.catch_warnings():
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTERS = ROOT / "data" / "test-pg"
 
-# A throwaway cluster: durability buys nothing and costs the suite a flush on every commit.
 STOP_SECONDS = 10
+# A throwaway cluster: durability buys nothing and costs the suite a flush on every commit.
 SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
@@ -68,9 +69,7 @@ def postgres(clusters: Path = CLUSTERS) -> Iterator[str]:
             for name, value in SETTINGS.items():
                 conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
             conn.execute("SELECT pg_reload_conf()")
-            for dbname in ("template1", "postgres"):
-                with psycopg.connect(host=str(socket_dir), user="postgres", dbname=dbname, autocommit=True) as db:
-                    db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         yield database_url(socket_dir)
     finally:
         server.cleanup()

@@ -58,9 +58,9 @@ class MemoryEntry(models.Model):
 
 
 class MemoryVector(models.Model):
-    """The vector index: a sqlite-vec `vec0` virtual table on SQLite, a pgvector table with an HNSW index on
-    PostgreSQL (see migration 0001). Declared here so Django knows the table (test flushes empty it); only
-    `apps.memory.index` reads or writes it, with SQL."""
+    """The vectors: float32 blobs in a plain table on SQLite (searched through MemoryCode), a pgvector table with
+    an HNSW index on PostgreSQL (see migrations 0001 and 0002). Declared here so Django knows the table (test
+    flushes empty it); only `apps.memory.index` reads or writes it, with SQL."""
 
     memory_id = models.BigIntegerField(primary_key=True)
 
@@ -70,6 +70,19 @@ class MemoryVector(models.Model):
 
     def __str__(self) -> str:
         return f"vector of memory {self.memory_id}"
+
+
+class MemoryCode(models.Model):
+    """SQLite only: the vec0 table of the vectors' binary codes, the first pass of a vector search."""
+
+    memory_id = models.BigIntegerField(primary_key=True)
+
+    class Meta:
+        db_table = "memory_codes"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"code of memory {self.memory_id}"
 
 
 class MemoryKeywords(models.Model):

@@ -8,9 +8,9 @@ returns 5 visible memories.
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
@@ -102,28 +102,90 @@ def visible_owner_ids(user: User, *, all_users: bool = False) -> tuple[int, ...]
     return (index.SHARED,)
 
 
-def _bump(memory: MemoryEntry, now: datetime) -> MemoryEntry:
-    MemoryEntry.objects.filter(pk=memory.pk).update(access_count=F("access_count") + 1, last_accessed_at=now)
-    memory.refresh_from_db(fields=["access_count", "last_accessed_at"])
-    return memory
+@dataclass(frozen=True)
+class _Duplicate:
+    """What a new item duplicates: a stored memory, or an earlier item of the same batch."""
+
+    kind: str  # "exact" or "near"
+    target: MemoryEntry | int
 
 
 def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> list[Stored]:
-    """Store memories, embedding them in one batch. An exact duplicate (same content, same owner) or a near one
-    (cosine ≥ MEMORY_NEAR_DUPLICATE to a memory of the same owner) bumps the existing memory's access count
-    instead, unless keep_both."""
+    """Store memories, embedding them in one batch and writing them in one transaction. An exact duplicate (same
+    content, same owner) or a near one (cosine ≥ MEMORY_NEAR_DUPLICATE to a memory of the same owner, stored
+    before or earlier in the batch) bumps that memory's access count instead, unless keep_both."""
     texts = [_normalise(item.content) for item in items]
     for item in items:
         if item.context_type not in MemoryEntry.ContextType.values:
             raise InvalidMemory(
                 f"Unknown context type {item.context_type!r}; one of {', '.join(MemoryEntry.ContextType.values)}."
             )
+    if not items:
+        return []
     embedder = get_embedder()
     vectors = embedder.embed(texts)
-    results: list[Stored] = []
-    for item, text, vector in zip(items, texts, vectors, strict=True):
-        results.append(_store_one(item, text, vector, embedder.name, keep_both=keep_both))
-    return results
+    digests = [content_hash(text) for text in texts]
+    now = timezone.now()
+    with transaction.atomic():
+        duplicates = [None] * len(items) if keep_both else _find_duplicates(items, vectors, digests)
+        new = [i for i, duplicate in enumerate(duplicates) if duplicate is None]
+        created = MemoryEntry.objects.bulk_create(
+            [
+                MemoryEntry(
+                    content=texts[i],
+                    source=items[i].source,
+                    context_type=items[i].context_type,
+                    agent_id=items[i].agent_id,
+                    task_id=items[i].task_id,
+                    session_id=items[i].session_id,
+                    metadata=items[i].metadata,
+                    timestamp=now,
+                    owner=items[i].owner,
+                    embedding_model=embedder.name,
+                    embedding_dimensions=len(vectors[i]),
+                    content_hash=digests[i],
+                )
+                for i in new
+            ]
+        )
+        memories: dict[int, MemoryEntry] = dict(zip(new, created, strict=True))
+        index.index_add(
+            [
+                index.IndexRow(m.pk, vectors[i], m.content, m.owner_id, m.context_type, m.agent_id)
+                for i, m in memories.items()
+            ]
+        )
+        for memory in created:
+            # The content stays out of the event: the audit trail is seen by every staff user, a memory may be
+            # private.
+            log_event(
+                "memory.stored",
+                source=memory.source,
+                agent_id=memory.agent_id,
+                task_id=memory.task_id,
+                data={
+                    "memory_id": memory.pk,
+                    "context_type": memory.context_type,
+                    "shared": memory.is_shared,
+                    "characters": len(memory.content),
+                    "embedding_model": memory.embedding_model,
+                },
+            )
+        bumps: dict[int, int] = {}
+        for i, duplicate in enumerate(duplicates):
+            if duplicate is not None:
+                target = duplicate.target
+                memories[i] = target if isinstance(target, MemoryEntry) else memories[target]
+                bumps[memories[i].pk] = bumps.get(memories[i].pk, 0) + 1
+        for pk, times in bumps.items():
+            MemoryEntry.objects.filter(pk=pk).update(access_count=F("access_count") + times, last_accessed_at=now)
+    bumped = MemoryEntry.objects.in_bulk(list(bumps))
+    return [
+        Stored(memories[i], created=True)
+        if duplicate is None
+        else Stored(bumped.get(memories[i].pk, memories[i]), created=False, duplicate=duplicate.kind)
+        for i, duplicate in enumerate(duplicates)
+    ]
 
 
 def store_memory(
@@ -142,53 +204,36 @@ def store_memory(
     return store_memories([item], keep_both=keep_both)[0]
 
 
-def _store_one(item: NewMemory, text: str, vector: Any, model: str, *, keep_both: bool) -> Stored:
-    now = timezone.now()
-    digest = content_hash(text)
-    owner_key = _owner_key(item.owner)
-    with transaction.atomic():
-        if not keep_both:
-            same = MemoryEntry.objects.filter(content_hash=digest, owner=item.owner, deleted_at__isnull=True).first()
-            duplicate = "exact" if same is not None else ""
-            if same is None:
-                nearest = index.vector_search(vector, scope=index.Scope(owner_ids=(owner_key,)), k=1)
-                if nearest and nearest[0][1] >= settings.MEMORY_NEAR_DUPLICATE:
-                    same = MemoryEntry.objects.filter(pk=nearest[0][0], deleted_at__isnull=True).first()
-                    duplicate = "near"
-            if same is not None:
-                return Stored(_bump(same, now), created=False, duplicate=duplicate)
-        memory = MemoryEntry.objects.create(
-            content=text,
-            source=item.source,
-            context_type=item.context_type,
-            agent_id=item.agent_id,
-            task_id=item.task_id,
-            session_id=item.session_id,
-            metadata=item.metadata,
-            timestamp=now,
-            owner=item.owner,
-            embedding_model=model,
-            embedding_dimensions=len(vector),
-            content_hash=digest,
-        )
-        index.index_add(
-            [index.IndexRow(memory.pk, vector, text, memory.owner_id, memory.context_type, memory.agent_id)]
-        )
-        # The content stays out of the event: the audit trail is seen by every staff user, a memory may be private.
-        log_event(
-            "memory.stored",
-            source=item.source,
-            agent_id=item.agent_id,
-            task_id=item.task_id,
-            data={
-                "memory_id": memory.pk,
-                "context_type": memory.context_type,
-                "shared": memory.is_shared,
-                "characters": len(text),
-                "embedding_model": model,
-            },
-        )
-    return Stored(memory, created=True)
+def _find_duplicates(items: Sequence[NewMemory], vectors: Any, digests: list[str]) -> list[_Duplicate | None]:
+    """For each item, what it duplicates among the live memories of its owner and the earlier items."""
+    stored = {
+        (m.content_hash, m.owner_id): m
+        for m in MemoryEntry.objects.filter(content_hash__in=set(digests), deleted_at__isnull=True)
+    }
+    threshold = settings.MEMORY_NEAR_DUPLICATE
+    found: list[_Duplicate | None] = []
+    first: dict[tuple[str, int | None], int] = {}
+    for i, item in enumerate(items):
+        owner_id = item.owner.pk if item.owner is not None else None
+        key = (digests[i], owner_id)
+        if key in stored:
+            found.append(_Duplicate("exact", stored[key]))
+            continue
+        if key in first:
+            found.append(_Duplicate("exact", first[key]))
+            continue
+        first[key] = i
+        similar: list[int] = np.flatnonzero(vectors[:i] @ vectors[i] >= threshold).tolist() if i else []
+        earlier = [j for j in similar if found[j] is None and _owner_key(items[j].owner) == _owner_key(item.owner)]
+        if earlier:
+            found.append(_Duplicate("near", int(earlier[0])))
+            continue
+        nearest = index.vector_search(vectors[i], scope=index.Scope(owner_ids=(_owner_key(item.owner),)), k=1)
+        same = None
+        if nearest and nearest[0][1] >= threshold:
+            same = MemoryEntry.objects.filter(pk=nearest[0][0], deleted_at__isnull=True).first()
+        found.append(_Duplicate("near", same) if same is not None else None)
+    return found
 
 
 def search_memories(

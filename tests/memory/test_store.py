@@ -36,6 +36,12 @@ def index_count(table: str) -> int:
         return int(cursor.fetchone()[0])
 
 
+def index_counts() -> tuple[int, ...]:
+    """Rows in each index table: vectors, keywords, and on SQLite the vectors' codes."""
+    tables = ["memory_vectors", "memory_fts"] + (["memory_codes"] if connection.vendor == "sqlite" else [])
+    return tuple(index_count(t) for t in tables)
+
+
 @pytest.fixture
 def alice(db):
     return UserFactory(username="alice")
@@ -112,14 +118,30 @@ def test_a_near_duplicate_is_bumped_unless_asked_to_keep_both(db, alice):
     assert kept.created and kept.memory.pk != first.memory.pk
 
 
+def test_duplicates_within_one_batch_are_stored_once(db, alice):
+    stored = services.store_memories(
+        [
+            services.NewMemory("Carol waters the plants on Fridays.", "fact", "test", owner=alice),
+            services.NewMemory("carol waters the plants on fridays.", "fact", "test", owner=alice),
+            services.NewMemory("Carol waters the plants every Friday.", "fact", "test", owner=alice),
+            services.NewMemory("Carol waters the plants on Fridays.", "fact", "test"),
+        ]
+    )
+    assert [(s.created, s.duplicate) for s in stored] == [(True, ""), (False, "exact"), (False, "near"), (True, "")]
+    assert stored[1].memory.pk == stored[2].memory.pk == stored[0].memory.pk != stored[3].memory.pk
+    assert stored[2].memory.access_count == 2
+    assert MemoryEntry.objects.count() == 2
+    assert Event.objects.filter(event_type="memory.stored").count() == 2
+
+
 def test_forgetting_keeps_the_row_with_its_reason_and_removes_it_from_every_search(db, alice, bob):
     memory = fact("Alice parks in bay 7.", owner=alice).memory
-    assert (index_count("memory_vectors"), index_count("memory_fts")) == (1, 1)
+    assert set(index_counts()) == {1}
     with pytest.raises(services.MemoryNotFound):
         services.forget(memory_id=memory.pk, actor=bob, reason="not mine")
     forgotten = services.forget(memory_id=memory.pk, actor=alice, reason="I moved house")
     assert forgotten.deleted_reason == "I moved house" and forgotten.is_deleted
-    assert (index_count("memory_vectors"), index_count("memory_fts")) == (0, 0)
+    assert set(index_counts()) == {0}
     assert services.search_memories("where does Alice park", user=alice) == []
     with pytest.raises(services.MemoryAlreadyForgotten):
         services.forget(memory_id=memory.pk, actor=alice, reason="again")
@@ -150,6 +172,6 @@ def test_bad_input_is_refused_with_a_reason(db, alice):
 def test_the_index_tables_are_emptied_by_a_flush(transactional_db, alice):
     for content in FACTS:
         fact(content)
-    assert index_count("memory_vectors") == len(FACTS)
+    assert set(index_counts()) == {len(FACTS)}
     call_command("flush", interactive=False, verbosity=0)
-    assert (index_count("memory_vectors"), index_count("memory_fts")) == (0, 0)
+    assert set(index_counts()) == {0}

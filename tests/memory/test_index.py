@@ -1,0 +1,109 @@
+"""The vector index on its own: what a search returns compared with an exact search over the same rows, the
+scope, and (SQLite) the migration to the two-pass index carrying existing vectors over."""
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+from apps.memory import index
+
+ROWS = 1500
+OWNERS = (1, 2, index.SHARED)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def indexed(db):
+    """ROWS memories around 60 topics, of three owners, two agents and all three types, indexed (no entries
+    needed)."""
+    rng = np.random.default_rng(7)
+    topics = unit(rng.normal(size=(60, index.DIMENSIONS)))
+    vectors = unit(topics[rng.integers(0, 60, ROWS)] + rng.normal(scale=0.06, size=(ROWS, index.DIMENSIONS)))
+    owners = rng.choice(OWNERS, ROWS)
+    agents = rng.choice([index.SHARED, 5], ROWS)
+    types = rng.choice(["conversation", "fact", "document"], ROWS)
+    index.index_add(
+        [
+            index.IndexRow(i + 1, vectors[i], f"memory {i + 1}", int(owners[i]), str(types[i]), int(agents[i]))
+            for i in range(ROWS)
+        ]
+    )
+    return vectors, owners, agents, types, rng
+
+
+def exact(vectors, mask, query, k):
+    ids = np.flatnonzero(mask)
+    similarity = vectors[ids] @ query
+    return [int(ids[i]) + 1 for i in np.argsort(-similarity)[:k]]
+
+
+def test_a_search_finds_the_memory_a_query_paraphrases_and_its_cosine(indexed):
+    vectors, owners, *_, rng = indexed
+    for target in rng.choice(np.flatnonzero(owners == 1), 25, replace=False):
+        query = unit(vectors[target] + rng.normal(scale=0.03, size=index.DIMENSIONS))
+        [(memory_id, similarity)] = index.vector_search(query, scope=index.Scope(owner_ids=(1, index.SHARED)), k=1)
+        assert memory_id == target + 1
+        assert similarity == pytest.approx(float(vectors[target] @ query), abs=1e-5)
+
+
+def test_a_scoped_search_returns_k_visible_rows_mostly_the_exact_best(indexed):
+    vectors, owners, agents, types, rng = indexed
+    scopes = [
+        (index.Scope(owner_ids=(1, index.SHARED)), np.isin(owners, (1, index.SHARED))),
+        (index.Scope(owner_ids=(2,), context_type="fact"), (owners == 2) & (types == "fact")),
+        (index.Scope(owner_ids=(1, index.SHARED), agent_id=5), np.isin(owners, (1, index.SHARED)) & (agents == 5)),
+        (index.Scope(owner_ids=None), np.ones(ROWS, bool)),
+    ]
+    for scope, mask in scopes:
+        found = 0
+        for target in rng.integers(0, ROWS, 20):
+            query = unit(vectors[target] + rng.normal(scale=0.06, size=index.DIMENSIONS))
+            hits = index.vector_search(query, scope=scope, k=10)
+            ids = [m for m, _ in hits]
+            assert len(ids) == 10 and all(mask[m - 1] for m in ids)
+            assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+            found += len(set(ids) & set(exact(vectors, mask, query, 10)))
+        assert found / 200 >= 0.9, scope
+
+
+def test_forgotten_and_re_embedded_rows_are_searched_as_they_are_now(indexed):
+    vectors, owners, *_ = indexed
+    scope = index.Scope(owner_ids=None)
+    index.index_remove([1])
+    assert index.vector_search(vectors[0], scope=scope, k=1)[0][0] != 1
+    index.index_replace_vectors([(2, vectors[0])])
+    assert index.vector_search(vectors[0], scope=scope, k=1)[0] == (2, pytest.approx(1.0, abs=1e-5))
+    assert index.index_vectors([2])[2] == pytest.approx(vectors[0])
+    # The re-embedded row kept its scope.
+    other = int(owners[1]) if owners[1] != index.SHARED else 99
+    assert index.vector_search(vectors[0], scope=index.Scope(owner_ids=(int(owners[1]),)), k=1)[0][0] == 2
+    assert all(m != 2 for m, _ in index.vector_search(vectors[0], scope=index.Scope(owner_ids=(other + 1,)), k=5))
+
+
+def test_vectors_stored_before_the_two_pass_index_are_still_found_after_it(transactional_db):
+    rng = np.random.default_rng(3)
+    vectors = unit(rng.normal(size=(30, index.DIMENSIONS)))
+    executor = MigrationExecutor(connection)
+    executor.migrate([("memory", "0001_initial")])
+    try:
+        # Migration 0001's table: vec0 floats on SQLite, pgvector on PostgreSQL (which 0002 leaves as it is).
+        postgres = connection.vendor == "postgresql"
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO memory_vectors (memory_id, embedding, owner_id, context_type, agent_id) "
+                f"VALUES (%s, %s{'::vector' if postgres else ''}, %s, 'fact', 0)",
+                [
+                    (i + 1, "[" + ",".join(map(str, v)) + "]" if postgres else v.tobytes(), 1 + i % 2)
+                    for i, v in enumerate(vectors)
+                ],
+            )
+    finally:
+        executor.loader.build_graph()
+        executor.migrate([("memory", "0002_two_pass_vector_index")])
+    for i in (0, 1, 17):
+        assert index.vector_search(vectors[i], scope=index.Scope(owner_ids=(1 + i % 2,)), k=1)[0][0] == i + 1
+    assert index.vector_search(vectors[0], scope=index.Scope(owner_ids=(2,)), k=1)[0][0] != 1
