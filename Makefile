@@ -61,6 +61,7 @@ manage: $(VENV)/.installed
 bench: $(VENV)/.bench-installed
 	$(PY) bench/events.py
 	$(PY) bench/router.py
+	$(PY) bench/memory.py --sizes 100000
 
 $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 	$(PY) -m pip install --quiet -r requirements/bench.txt
