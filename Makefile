@@ -62,6 +62,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/events.py
 	$(PY) bench/router.py
 	$(PY) bench/memory.py --sizes 100000
+	$(PY) bench/ledger.py
 
 $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 	$(PY) -m pip install --quiet -r requirements/bench.txt

@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "apps.providers",
     "apps.agents",
     "apps.memory",
+    "apps.ledger",
 ]
 
 MIDDLEWARE = [
@@ -207,6 +208,9 @@ WORKER_STEPS = [
     "apps.swarm.worker.close_due_auctions",
     "apps.agents.worker.run_assigned_tasks",
     "apps.providers.worker.prune_requests",
+    "apps.ledger.worker.pay_completed_tasks",
+    "apps.ledger.worker.expire_invoices",
+    "apps.ledger.worker.reconcile_pending",
 ]
 # Timmy's chat: how many earlier messages of a conversation go with each new one (small local models have
 # small context windows).
@@ -242,3 +246,20 @@ EMBEDDING_BACKEND = env.str("EMBEDDING_BACKEND", default="auto")
 MEMORY_NEAR_DUPLICATE = env.float("MEMORY_NEAR_DUPLICATE", default=0.95)
 # Per-request records behind the status page's percentiles and chart; the metrics keep their totals.
 PROVIDER_REQUEST_RETENTION_DAYS = env.int("PROVIDER_REQUEST_RETENTION_DAYS", default=7)
+
+# Lightning (apps.ledger): "dev" is the embedded node (real BOLT11 invoices on regtest, no money); "lnd" talks to
+# LND's REST API with a macaroon file and the node's TLS certificate.
+LIGHTNING_BACKEND = env.str("LIGHTNING_BACKEND", default="dev")
+LND_REST_URL = env.str("LND_REST_URL", default="")
+LND_MACAROON_PATH = env.str("LND_MACAROON_PATH", default="")
+LND_TLS_CERT_PATH = env.str("LND_TLS_CERT_PATH", default="")
+# How long an invoice we issue can be paid, and how long the worker waits on one outgoing payment.
+INVOICE_EXPIRY_SECONDS = env.int("INVOICE_EXPIRY_SECONDS", default=3600)
+LIGHTNING_PAYMENT_TIMEOUT_SECONDS = env.int("LIGHTNING_PAYMENT_TIMEOUT_SECONDS", default=60)
+# L402: the price of a paid endpoint, how long a paid token stays valid, and the macaroon root key (hex; when
+# empty, one is generated into the data dir).
+L402_PRICE_SATS = env.int("L402_PRICE_SATS", default=100)
+L402_TOKEN_TTL_SECONDS = env.int("L402_TOKEN_TTL_SECONDS", default=3600)
+L402_ROOT_KEY = env.str("L402_ROOT_KEY", default="")
+# Each challenge creates an invoice: at most this many a minute per client address.
+L402_CHALLENGES_PER_MINUTE = env.int("L402_CHALLENGES_PER_MINUTE", default=20)

@@ -16,5 +16,6 @@ urlpatterns = [
     path("router/", include("apps.providers.urls")),
     path("", include("apps.agents.urls")),
     path("", include("apps.memory.urls")),
+    path("", include("apps.ledger.urls")),
     path("", include("apps.core.urls")),
 ]

@@ -116,6 +116,67 @@ class ChatReply:
     reply_message: ChatMessage
 
 
+SERVE_SOURCE = "agents.serve"
+
+
+def _timmy_prompt(text: str, *, user: User | AnonymousUser) -> str:
+    """Timmy's system prompt with what the user's (or, for a stranger, the shared) memories say about `text`."""
+    return prompts.with_memory(
+        prompts.TIMMY,
+        memory.get_memory_context(text, user=user, max_tokens=MEMORY_CONTEXT_TOKENS),
+        heading="What you remember that may help",
+    )
+
+
+class ServeUnavailable(ChatError):
+    """No model answered a paid request (the router's message says why)."""
+
+
+@dataclass(frozen=True)
+class ServedReply:
+    response: str
+    provider: str
+    model: str
+
+
+def chat_serve(*, message: str, payment_hash: str) -> ServedReply:
+    """One answer from Timmy for a paying client (L402): no conversation, only shared memories in the prompt, and
+    nothing remembered from it (the client is a stranger to this household)."""
+    text = _chat_message_clean(message)
+    agent_id = selectors.timmy_agent_id()
+    with transaction.atomic():
+        log_event(
+            EventType.TOOL_CALLED,
+            source=SERVE_SOURCE,
+            agent_id=agent_id,
+            data={"tool": LLM_TOOL, "payment_hash": payment_hash},
+        )
+    started = time.monotonic()
+    try:
+        completion = _llm_complete(
+            [{"role": ChatMessage.Role.USER, "content": text}],
+            system_prompt=_timmy_prompt(text, user=AnonymousUser()),
+            on_chunk=None,
+        )
+    except RouterError as exc:
+        with transaction.atomic():
+            log_event(
+                EventType.TOOL_COMPLETED,
+                source=SERVE_SOURCE,
+                agent_id=agent_id,
+                data={**_llm_failed_data(str(exc), started), "payment_hash": payment_hash},
+            )
+        raise ServeUnavailable(str(exc)) from exc
+    with transaction.atomic():
+        log_event(
+            EventType.TOOL_COMPLETED,
+            source=SERVE_SOURCE,
+            agent_id=agent_id,
+            data={**_llm_completed_data(completion, started), "payment_hash": payment_hash},
+        )
+    return ServedReply(clean_multiline_text(completion.content), completion.provider, completion.model)
+
+
 def _chat_message_clean(message: str) -> str:
     # Shown on pages and terminals and sent to models: no terminal escapes or invisible controls.
     text = clean_multiline_text(message).strip()
@@ -197,11 +258,7 @@ def chat_send(
     try:
         completion = _llm_complete(
             [*history, {"role": ChatMessage.Role.USER, "content": text}],
-            system_prompt=prompts.with_memory(
-                prompts.TIMMY,
-                memory.get_memory_context(text, user=user, max_tokens=MEMORY_CONTEXT_TOKENS),
-                heading="What you remember that may help",
-            ),
+            system_prompt=_timmy_prompt(text, user=user),
             on_chunk=on_chunk,
         )
     except RouterError as exc:  # nothing answered, or the answer broke off mid-stream

@@ -32,6 +32,11 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         "CIRCUIT_BREAKER_THRESHOLD",
         "CIRCUIT_BREAKER_RECOVERY_SECONDS",
         "PROVIDER_REQUEST_RETENTION_DAYS",
+        "INVOICE_EXPIRY_SECONDS",
+        "LIGHTNING_PAYMENT_TIMEOUT_SECONDS",
+        "L402_PRICE_SATS",
+        "L402_TOKEN_TTL_SECONDS",
+        "L402_CHALLENGES_PER_MINUTE",
     ):
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))
@@ -41,6 +46,33 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         errors.append(
             Error("ACTIVITY_FEED_POLL_SECONDS must be above 0 and at most 10 (the live feed's delay).", id="timmy.E007")
         )
+    errors.extend(_lightning_errors())
     if not os.access(settings.DATA_DIR, os.W_OK):
         errors.append(Error(f"TIMMY_DATA_DIR {settings.DATA_DIR} is not writable.", id="timmy.E005"))
+    return errors
+
+
+def _lightning_errors() -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if settings.LIGHTNING_BACKEND not in ("dev", "lnd"):
+        errors.append(
+            Error(f"LIGHTNING_BACKEND must be dev or lnd, not {settings.LIGHTNING_BACKEND!r}.", id="timmy.E009")
+        )
+    if settings.LIGHTNING_BACKEND == "lnd":
+        if not settings.LND_REST_URL.startswith(("https://", "http://")):
+            errors.append(Error("LIGHTNING_BACKEND=lnd needs LND_REST_URL (https://host:8080).", id="timmy.E010"))
+        if not os.access(settings.LND_MACAROON_PATH or ".nonexistent", os.R_OK):
+            errors.append(
+                Error("LIGHTNING_BACKEND=lnd needs LND_MACAROON_PATH, a readable macaroon file.", id="timmy.E010")
+            )
+        if settings.LND_TLS_CERT_PATH and not os.access(settings.LND_TLS_CERT_PATH, os.R_OK):
+            errors.append(Error("LND_TLS_CERT_PATH is set but the file cannot be read.", id="timmy.E010"))
+    key = settings.L402_ROOT_KEY
+    if key:
+        try:
+            valid = len(bytes.fromhex(key)) >= 32
+        except ValueError:
+            valid = False
+        if not valid:
+            errors.append(Error("L402_ROOT_KEY must be at least 32 bytes in hex (64 characters).", id="timmy.E011"))
     return errors

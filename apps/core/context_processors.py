@@ -9,7 +9,7 @@ NAVIGATION = [
     ("Swarm", "swarm:index"),
     ("Events", "events:list"),
     ("Live", "events:live"),
-    ("Ledger", "ledger"),
+    ("Ledger", "ledger:index"),
     ("Memory", "memory:index"),
     ("Upgrades", "upgrades"),
     ("Router", "providers:status"),

@@ -4,6 +4,5 @@ from apps.core import views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("lightning/ledger", views.not_built, {"page": "ledger"}, name="ledger"),
     path("self-modify/queue", views.not_built, {"page": "upgrades"}, name="upgrades"),
 ]

@@ -27,7 +27,6 @@ def home(request: HttpRequest) -> HttpResponse:
 
 # Pages whose capability lands in a later issue: the navigation is complete from day one.
 NOT_BUILT = {
-    "ledger": ("Ledger", "Lightning invoices, payments to agents and L402 receipts (ADR-018)."),
     "upgrades": ("Upgrades", "Self-modification proposals awaiting human approval (ADR-021)."),
 }
 

@@ -37,3 +37,28 @@ def test_a_breaker_that_could_never_close_or_never_stay_open_is_caught_at_start_
 def test_a_negative_chat_history_is_caught_at_start_up(settings):
     settings.CHAT_HISTORY_MESSAGES = -1
     assert "timmy.E008" in [m.id for m in run_checks()]
+
+
+def test_an_unknown_lightning_backend_is_refused(settings):
+    settings.LIGHTNING_BACKEND = "lnbits"
+    assert "timmy.E009" in [m.id for m in run_checks()]
+
+
+def test_lnd_needs_its_url_and_a_readable_macaroon(settings, tmp_path):
+    settings.LIGHTNING_BACKEND = "lnd"
+    settings.LND_REST_URL = ""
+    settings.LND_MACAROON_PATH = str(tmp_path / "missing.macaroon")
+    messages = [m.msg for m in run_checks() if m.id == "timmy.E010"]
+    assert any("LND_REST_URL" in m for m in messages) and any("LND_MACAROON_PATH" in m for m in messages)
+    (tmp_path / "admin.macaroon").write_bytes(b"\x02\x01")
+    settings.LND_REST_URL = "https://127.0.0.1:8080"
+    settings.LND_MACAROON_PATH = str(tmp_path / "admin.macaroon")
+    assert "timmy.E010" not in [m.id for m in run_checks()]
+
+
+def test_a_short_or_non_hex_l402_root_key_is_refused(settings):
+    for key in ("abcd", "z" * 64):
+        settings.L402_ROOT_KEY = key
+        assert "timmy.E011" in [m.id for m in run_checks()]
+    settings.L402_ROOT_KEY = "ab" * 32
+    assert "timmy.E011" not in [m.id for m in run_checks()]

@@ -39,7 +39,7 @@ def test_every_dashboard_page_renders_with_navigation_to_all_others(staff_client
 
 
 def test_pages_of_later_issues_say_they_are_not_built_yet(staff_client):
-    response = staff_client.get("/lightning/ledger")
+    response = staff_client.get("/self-modify/queue")
     assert b"Not built yet" in response.content
 
 

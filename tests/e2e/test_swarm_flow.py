@@ -7,6 +7,7 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from apps.events.models import Event
+from apps.ledger.models import LedgerEntry
 from apps.swarm import services
 from apps.swarm.models import Agent, Task
 from tests.e2e.conftest import SUBPROCESS_SETTINGS, Worker, event_rows, post_task
@@ -52,10 +53,14 @@ def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(
 
     wait_for_auction_to_close(task)
     output = worker.run_once()
-    assert "Handled 2 item(s)." in output, output  # the auction closed, then the winner ran the task
+    # The auction closed, the winner ran the task, and was paid its bid.
+    assert "Handled 3 item(s)." in output, output
     task.refresh_from_db()
     assert task.status == Task.Status.COMPLETED
     assert task.result == "Echo: Research the history of the sat"
+    payment = LedgerEntry.objects.get(task=task)
+    assert (payment.tx_type, payment.status, payment.amount_sats) == ("outgoing", "settled", 50)
+    assert payment.agent == researcher
 
     page.reload()
     assigned = (
@@ -73,8 +78,12 @@ def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(
     rows = event_rows(page)
     expected = list(Event.objects.filter(task_id=str(task.pk)).values_list("event_type", flat=True))
     assert {"task.created", "task.bidding", "bid.submitted", "task.assigned"} <= set(expected)
-    # The researcher is an Echo persona: what it found is remembered once the task is done.
-    assert expected[:5] == ["memory.stored", "task.completed", "tool.completed", "tool.called", "task.started"]
+    # Newest first: the winner paid its bid (the dev node pays its own invoice), and, as the researcher is an Echo
+    # persona, what it found remembered once the task was done.
+    assert expected[:7] == [
+        "payment.settled", "payment.sending", "memory.stored", "task.completed", "tool.completed", "tool.called",
+        "task.started",
+    ]  # fmt: skip
     expect(rows).to_have_count(len(expected))
     expect(rows.filter(has=page.locator(f'a[href="?task_id={task.pk}"]'))).to_have_count(len(expected))
     expect(rows.locator("td:nth-child(3)")).to_have_text(expected)  # newest first, as stored
