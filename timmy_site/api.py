@@ -8,6 +8,7 @@ from apps.ledger.api import serve_router
 from apps.memory.api import router as memory_router
 from apps.providers.api import router as providers_router
 from apps.swarm.api import router as swarm_router
+from apps.upgrades.api import router as upgrades_router
 
 api = NinjaAPI(
     title="Timmy Time API",
@@ -24,3 +25,4 @@ api.add_router("/", chat_router)
 api.add_router("/memory", memory_router)
 api.add_router("/ledger", ledger_router)
 api.add_router("/serve", serve_router)
+api.add_router("/upgrades", upgrades_router)

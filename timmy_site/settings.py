@@ -6,6 +6,7 @@ DJANGO_SECRET_KEY is required.
 
 import os
 import secrets
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ INSTALLED_APPS = [
     "apps.agents",
     "apps.memory",
     "apps.ledger",
+    "apps.upgrades",
 ]
 
 MIDDLEWARE = [
@@ -211,6 +213,10 @@ WORKER_STEPS = [
     "apps.ledger.worker.pay_completed_tasks",
     "apps.ledger.worker.expire_invoices",
     "apps.ledger.worker.reconcile_pending",
+    "apps.upgrades.worker.apply_approved_upgrades",
+    "apps.upgrades.worker.run_upgrade_requests",
+    "apps.upgrades.worker.time_out_upgrades",
+    "apps.upgrades.worker.prune_upgrades",
 ]
 # Timmy's chat: how many earlier messages of a conversation go with each new one (small local models have
 # small context windows).
@@ -263,3 +269,20 @@ L402_TOKEN_TTL_SECONDS = env.int("L402_TOKEN_TTL_SECONDS", default=3600)
 L402_ROOT_KEY = env.str("L402_ROOT_KEY", default="")
 # Each challenge creates an invoice: at most this many a minute per client address.
 L402_CHALLENGES_PER_MINUTE = env.int("L402_CHALLENGES_PER_MINUTE", default=20)
+
+# Self-upgrades (apps.upgrades): the repository the agent may change (default: this checkout), the branch changes
+# are merged into (empty: the repository's current branch), the paths it may touch (empty: all but .git/), and
+# how a proposal is tested in its own worktree.
+SELF_MODIFY_REPO = env.str("SELF_MODIFY_REPO", default=str(BASE_DIR))
+SELF_MODIFY_TARGET_BRANCH = env.str("SELF_MODIFY_TARGET_BRANCH", default="")
+SELF_MODIFY_ALLOWED_PATHS = env.list("SELF_MODIFY_ALLOWED_PATHS", default=[])
+SELF_MODIFY_TEST_COMMAND = env.str("SELF_MODIFY_TEST_COMMAND", default=f"{sys.executable} -m pytest -q -x")
+SELF_MODIFY_TEST_TIMEOUT_SECONDS = env.int("SELF_MODIFY_TEST_TIMEOUT_SECONDS", default=1800)
+SELF_MODIFY_MAX_ATTEMPTS = env.int("SELF_MODIFY_MAX_ATTEMPTS", default=3)
+UPGRADE_MAX_DIFF_LINES = env.int("UPGRADE_MAX_DIFF_LINES", default=10_000)
+# Proposals older than this expire (or, with AUTO_APPROVE_UPGRADES, low-risk ones with passing tests are approved).
+UPGRADE_TIMEOUT_HOURS = env.int("UPGRADE_TIMEOUT_HOURS", default=24)
+AUTO_APPROVE_UPGRADES = env.bool("AUTO_APPROVE_UPGRADES", default=False)
+UPGRADE_HISTORY_DAYS = env.int("UPGRADE_HISTORY_DAYS", default=90)
+# Tasks won by Forge (the code persona) become change requests for the self-modify loop instead of a plain answer.
+FORGE_PROPOSES_UPGRADES = env.bool("FORGE_PROPOSES_UPGRADES", default=True)

@@ -17,5 +17,6 @@ urlpatterns = [
     path("", include("apps.agents.urls")),
     path("", include("apps.memory.urls")),
     path("", include("apps.ledger.urls")),
+    path("", include("apps.upgrades.urls")),
     path("", include("apps.core.urls")),
 ]

@@ -23,6 +23,7 @@ from apps.providers.clients import monotonic_ms
 from apps.providers.router import Completion, RouterError
 from apps.swarm import services as swarm_services
 from apps.swarm.models import Persona, Task
+from apps.upgrades import services as upgrades
 
 logger = logging.getLogger("timmy.agents")
 
@@ -367,6 +368,16 @@ def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) 
     task = swarm_services.task_start(task_id=task_id, worker_id=worker_id, lease_seconds=lease)
     agent = task.assigned_agent
     persona = agent.persona if agent is not None else Persona.TIMMY
+    if persona == Persona.FORGE and settings.FORGE_PROPOSES_UPGRADES:
+        # Forge's work is code: it becomes a change request, drafted and tested by the self-modify loop and
+        # proposed on the upgrade queue, where a person approves it before anything is merged.
+        request = upgrades.upgrade_request_create(instruction=task.description, actor=None, task=task)
+        return _task_finish(
+            task,
+            worker_id=worker_id,
+            result=f"Queued as change request {request.pk}: it will be drafted, tested in its own worktree and "
+            "proposed on the upgrade queue for approval.",
+        )
     with transaction.atomic():
         log_event(
             EventType.TOOL_CALLED,

@@ -23,15 +23,3 @@ def home(request: HttpRequest) -> HttpResponse:
             "events": events_latest(limit=10),
         },
     )
-
-
-# Pages whose capability lands in a later issue: the navigation is complete from day one.
-NOT_BUILT = {
-    "upgrades": ("Upgrades", "Self-modification proposals awaiting human approval (ADR-021)."),
-}
-
-
-@staff_required
-def not_built(request: HttpRequest, page: str) -> HttpResponse:
-    title, what = NOT_BUILT[page]
-    return render(request, "core/not_built.html", {"title": title, "what": what})

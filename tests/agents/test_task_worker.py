@@ -16,6 +16,7 @@ from apps.core.services import worker_default_id
 from apps.events.models import Event, EventType
 from apps.swarm.models import Agent, Task
 from apps.swarm.services import TaskWrongState, task_fail, task_start, tasks_recover_stale
+from apps.upgrades.models import UpgradeRequest
 from tests.factories import TaskFactory
 from tests.swarm.helpers import event_types, events_of
 
@@ -47,14 +48,27 @@ def test_the_step_runs_an_assigned_task_to_completed_with_the_reply(personas, ol
 
 
 def test_the_winning_personas_prompt_and_the_task_go_to_the_model(personas, ollama):
-    assigned(personas["forge"], "Fix the off-by-one bug in the pager")
+    assigned(personas["quill"], "Write the release notes of the pager fix")
     run_assigned_tasks(timezone.now())
     [sent] = ollama.chats
     assert sent["messages"] == [
-        {"role": "system", "content": prompts.PERSONAS["forge"]},
-        {"role": "user", "content": "Fix the off-by-one bug in the pager"},
+        {"role": "system", "content": prompts.PERSONAS["quill"]},
+        {"role": "user", "content": "Write the release notes of the pager fix"},
     ]
-    assert "You are Forge, the code agent" in prompts.PERSONAS["forge"]
+
+
+def test_forges_code_task_becomes_a_change_request_for_the_upgrade_queue(personas, ollama, settings):
+    task = assigned(personas["forge"], "Fix the off-by-one bug in the pager")
+    assert run_assigned_tasks(timezone.now()) == 1
+    task.refresh_from_db()
+    request = UpgradeRequest.objects.get(task=task)
+    assert (request.instruction, request.status) == ("Fix the off-by-one bug in the pager", "queued")
+    assert task.status == Task.Status.COMPLETED and f"change request {request.pk}" in task.result
+    assert ollama.chats == []  # the self-modify loop asks the model, in its own step
+    settings.FORGE_PROPOSES_UPGRADES = False
+    assigned(personas["forge"], "Fix the pager again")
+    run_assigned_tasks(timezone.now())
+    assert ollama.chats[0]["messages"][0]["content"] == prompts.PERSONAS["forge"]
 
 
 def test_a_task_is_given_what_echo_learned_on_a_similar_earlier_task(personas, ollama):

@@ -38,11 +38,6 @@ def test_every_dashboard_page_renders_with_navigation_to_all_others(staff_client
     assert 'href="/admin/"' in html
 
 
-def test_pages_of_later_issues_say_they_are_not_built_yet(staff_client):
-    response = staff_client.get("/self-modify/queue")
-    assert b"Not built yet" in response.content
-
-
 def test_login_page_explains_where_the_first_password_is(client, db):
     response = client.get(reverse("login"))
     assert response.status_code == 200

@@ -60,8 +60,8 @@ def test_live_page_costs_the_same_few_queries_however_many_events(staff_client, 
     for n in range(LIVE_INITIAL):
         log_event("bid.submitted", source="auction", task_id=n, agent_id=agents[n % 3].pk, data={"amount_sats": n})
 
-    # Session, user, the events, the agents' names.
-    with django_assert_max_num_queries(4):
+    # Session, user, the events, the agents' names, the navigation's count of pending upgrades.
+    with django_assert_max_num_queries(5):
         staff_client.get(URL)
 
 

@@ -5,11 +5,14 @@ Timmy's answers come from a local server that speaks Ollama's protocol."""
 import base64
 import hashlib
 import re
+import threading
 from datetime import timedelta
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
 from django.core.cache import cache
+from django.core.handlers.wsgi import WSGIHandler
 from django.utils import timezone
 from pymacaroons import Macaroon
 
@@ -25,11 +28,27 @@ SERVE = "/api/v1/serve/chat"
 CHALLENGE = re.compile(r'L402 macaroon="(?P<macaroon>[^"]+)", invoice="(?P<invoice>[^"]+)"')
 
 
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
-def http(live_server, dev_node, transactional_db):
+def http(dev_node, transactional_db):
+    """The site over real HTTP on a loopback port, served by a thread of this process (so it sees this test's
+    database and settings). Not pytest-django's live_server: its session-wide settings override would outlive
+    the settings changed here."""
     cache.clear()
-    with httpx.Client(base_url=live_server.url, timeout=30) as client:
-        yield client
+    server = make_server("127.0.0.1", 0, WSGIHandler(), handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.server_port}", timeout=30) as client:
+            yield client
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -317,6 +317,6 @@ def test_the_page_and_the_search_need_the_same_number_of_queries_for_few_or_many
     # The vector search is two statements on SQLite (codes, then vectors); on PostgreSQL it sets its HNSW search
     # width, and searches again exactly when the filtered index scan comes back short (as it does with fewer
     # memories than the search depth).
-    search_bound = 18 if connection.vendor == "postgresql" else 16
-    assert queries() == few_page <= 8
+    search_bound = (18 if connection.vendor == "postgresql" else 16) + 1  # + the navigation's pending upgrades
+    assert queries() == few_page <= 9
     assert queries(q="lockers") == few_search <= search_bound

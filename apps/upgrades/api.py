@@ -1,0 +1,131 @@
+from datetime import datetime
+from typing import Any
+
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+from ninja.errors import HttpError
+
+from apps.core.auth import require_staff
+from apps.upgrades import selectors, services
+from apps.upgrades.models import Upgrade
+
+router = Router(tags=["upgrades"])
+
+
+class TestsOut(Schema):
+    passed: bool
+    passed_count: int | None
+    failed_count: int | None
+
+
+class UpgradeOut(Schema):
+    id: int
+    status: Upgrade.Status
+    description: str
+    branch: str
+    target_branch: str
+    risk: str
+    files_changed: list[str]
+    tests: TestsOut
+    proposed_at: datetime
+
+    @staticmethod
+    def resolve_tests(obj: Upgrade) -> dict[str, Any]:
+        results = obj.test_results or {}
+        return {
+            "passed": obj.tests_passed,
+            "passed_count": results.get("passed_count"),
+            "failed_count": results.get("failed_count"),
+        }
+
+
+class UpgradeDetailOut(UpgradeOut):
+    instruction: str
+    test_results: dict[str, Any]
+    base_commit: str
+    head_commit: str
+    applied_commit: str
+    replaced_commit: str
+    revert_commit: str
+    error_message: str
+    rejection_reason: str
+    approved_at: datetime | None
+    approved_by: str | None
+    auto_approved: bool
+    rejected_at: datetime | None
+    rejected_by: str | None
+    applied_at: datetime | None
+    rolled_back_at: datetime | None
+
+    @staticmethod
+    def resolve_approved_by(obj: Upgrade) -> str | None:
+        return obj.approved_by.get_username() if obj.approved_by else None
+
+    @staticmethod
+    def resolve_rejected_by(obj: Upgrade) -> str | None:
+        return obj.rejected_by.get_username() if obj.rejected_by else None
+
+
+class RejectIn(Schema):
+    reason: str = Field(..., min_length=1, max_length=services.REASON_MAX)
+
+
+def _upgrade(upgrade_id: int) -> Upgrade:
+    upgrade = Upgrade.objects.select_related("approved_by", "rejected_by").filter(pk=upgrade_id).first()
+    if upgrade is None:
+        raise HttpError(404, f"Upgrade {upgrade_id} not found.")
+    return upgrade
+
+
+def _http_error(exc: services.UpgradeError) -> HttpError:
+    if isinstance(exc, services.UpgradeNotFound):
+        return HttpError(404, str(exc))
+    if isinstance(exc, services.UpgradeNotAllowed):
+        return HttpError(403, str(exc))
+    if isinstance(exc, services.InvalidUpgrade):
+        return HttpError(422, str(exc))
+    return HttpError(409, str(exc))  # wrong state, failing tests
+
+
+@router.get("", response=list[UpgradeOut], summary="Upgrades, newest first")
+def upgrade_list(
+    request: HttpRequest,
+    status: Upgrade.Status | None = None,
+    limit: int = Query(50, ge=1, le=500),
+) -> list[Upgrade]:
+    require_staff(request)
+    return selectors.upgrades_list(status=status, limit=limit)
+
+
+@router.get("/{upgrade_id}", response=UpgradeDetailOut, summary="One upgrade, with its test results and commits")
+def upgrade_detail(request: HttpRequest, upgrade_id: int) -> Upgrade:
+    require_staff(request)
+    return _upgrade(upgrade_id)
+
+
+@router.post(
+    "/{upgrade_id}/approve",
+    response=UpgradeDetailOut,
+    summary="Approve a proposed upgrade whose tests passed (needs upgrades.approve_upgrade); the worker applies it",
+)
+def upgrade_approve(request: HttpRequest, upgrade_id: int) -> Upgrade:
+    user = require_staff(request)
+    try:
+        upgrade = services.upgrade_approve(upgrade_id=upgrade_id, actor=user)
+    except services.UpgradeError as exc:
+        raise _http_error(exc) from exc
+    return _upgrade(upgrade.pk)
+
+
+@router.post(
+    "/{upgrade_id}/reject",
+    response=UpgradeDetailOut,
+    summary="Reject a proposed upgrade, with a reason (needs upgrades.approve_upgrade)",
+)
+def upgrade_reject(request: HttpRequest, upgrade_id: int, payload: RejectIn) -> Upgrade:
+    user = require_staff(request)
+    try:
+        upgrade = services.upgrade_reject_and_clean(upgrade_id=upgrade_id, actor=user, reason=payload.reason)
+    except services.UpgradeError as exc:
+        raise _http_error(exc) from exc
+    return _upgrade(upgrade.pk)

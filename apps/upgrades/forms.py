@@ -1,0 +1,20 @@
+from django import forms
+
+from apps.upgrades.services import INSTRUCTION_MAX, REASON_MAX
+
+
+class RequestForm(forms.Form):
+    instruction = forms.CharField(
+        label="What should change?",
+        max_length=INSTRUCTION_MAX,
+        error_messages={"required": "Say what should change."},
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "e.g. Show the number of open tasks on the home page."}),
+    )
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason",
+        max_length=REASON_MAX,
+        error_messages={"required": "Say why the upgrade is rejected."},
+    )

@@ -1,0 +1,462 @@
+"""The upgrade queue's writes (ADR-021). Each move is a conditional update from the states it may come from, with an
+`upgrade.*` event naming who made it; a wrong state, a missing permission or failing tests raise a named error.
+
+Git work (worktrees, merges, reverts) is in apps.upgrades.gitops and runs outside any transaction.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.events.services import clean_multiline_text, log_event
+from apps.upgrades import gitops
+from apps.upgrades.models import Risk, Upgrade, UpgradeRequest
+
+logger = logging.getLogger("timmy.upgrades")
+SOURCE = "upgrades"
+REASON_MAX = 1000
+
+
+class UpgradeError(Exception):
+    pass
+
+
+class UpgradeNotFound(UpgradeError, LookupError):
+    pass
+
+
+class UpgradeWrongState(UpgradeError):
+    """The upgrade is not in a state this move starts from (the message says which it is in)."""
+
+
+class UpgradeNotAllowed(UpgradeError, PermissionError):
+    pass
+
+
+class UpgradeTestsFailed(UpgradeError):
+    pass
+
+
+class InvalidUpgrade(UpgradeError, ValueError):
+    pass
+
+
+APPROVE_PERMISSION = "upgrades.approve_upgrade"
+
+
+def _actor_name(actor: Any) -> str:
+    return actor.get_username() if actor is not None else "system"
+
+
+def _require_permission(actor: Any) -> None:
+    if actor is None or not actor.is_authenticated or not actor.has_perm(APPROVE_PERMISSION):
+        raise UpgradeNotAllowed("Approving or rejecting upgrades needs the permission upgrades.approve_upgrade.")
+
+
+def _log(upgrade: Upgrade, event_type: str, actor: Any, **data: Any) -> None:
+    log_event(
+        event_type,
+        source=SOURCE,
+        data={
+            "upgrade_id": upgrade.pk,
+            "branch": upgrade.branch,
+            "status": upgrade.status,
+            "by": _actor_name(actor),
+            **data,
+        },
+    )
+
+
+def _move(
+    upgrade_id: int, from_states: tuple[str, ...], to: str, *, where: dict[str, Any] | None = None, **changes: Any
+) -> Upgrade:
+    """The conditional update; raises UpgradeNotFound or UpgradeWrongState when it does not apply."""
+    moved = Upgrade.objects.filter(pk=upgrade_id, status__in=from_states, **(where or {})).update(status=to, **changes)
+    upgrade = Upgrade.objects.filter(pk=upgrade_id).first()
+    if upgrade is None:
+        raise UpgradeNotFound(f"Upgrade {upgrade_id} not found.")
+    if not moved:
+        raise UpgradeWrongState(
+            f"Upgrade {upgrade_id} is {upgrade.status}; only a {' or '.join(from_states)} upgrade can become {to}."
+        )
+    return upgrade
+
+
+@dataclass(frozen=True)
+class Proposal:
+    description: str
+    instruction: str
+    repo_path: str
+    target_branch: str
+    branch: str
+    worktree_path: str
+    base_commit: str
+    head_commit: str
+    files_changed: list[str]
+    diff: str
+    diff_preview: str
+    risk: str
+    test_results: dict[str, Any]
+    attempts: int = 1
+    error_message: str = ""
+
+
+def upgrade_propose(*, proposal: Proposal, actor: Any = None) -> Upgrade:
+    description = clean_multiline_text(proposal.description).strip()
+    if not description:
+        raise InvalidUpgrade("An upgrade needs a description.")
+    if proposal.risk not in Risk.values:
+        raise InvalidUpgrade(f"Unknown risk {proposal.risk!r}.")
+    with transaction.atomic():
+        upgrade = Upgrade.objects.create(
+            description=description,
+            instruction=proposal.instruction,
+            repo_path=proposal.repo_path,
+            target_branch=proposal.target_branch,
+            branch=proposal.branch,
+            worktree_path=proposal.worktree_path,
+            base_commit=proposal.base_commit,
+            head_commit=proposal.head_commit,
+            files_changed=proposal.files_changed,
+            diff=proposal.diff,
+            diff_preview=proposal.diff_preview,
+            risk=proposal.risk,
+            test_results=proposal.test_results,
+            attempts=proposal.attempts,
+            error_message=proposal.error_message,
+        )
+        _log(
+            upgrade,
+            "upgrade.proposed",
+            actor,
+            files=len(upgrade.files_changed),
+            risk=upgrade.risk,
+            tests_passed=upgrade.tests_passed,
+            attempts=upgrade.attempts,
+        )
+    return upgrade
+
+
+def upgrade_approve(*, upgrade_id: int, actor: Any) -> Upgrade:
+    """Approve a proposed upgrade whose tests passed; the worker applies it."""
+    _require_permission(actor)
+    return _approve(upgrade_id, actor=actor, automatic=False)
+
+
+def _approve(upgrade_id: int, *, actor: Any, automatic: bool) -> Upgrade:
+    upgrade = Upgrade.objects.filter(pk=upgrade_id).first()
+    if upgrade is None:
+        raise UpgradeNotFound(f"Upgrade {upgrade_id} not found.")
+    if upgrade.status == Upgrade.Status.PROPOSED and not upgrade.tests_passed:
+        raise UpgradeTestsFailed(f"Upgrade {upgrade_id} cannot be approved: its tests did not pass.")
+    with transaction.atomic():
+        upgrade = _move(
+            upgrade_id,
+            (Upgrade.Status.PROPOSED,),
+            Upgrade.Status.APPROVED,
+            where={"test_results__passed": True},  # checked again inside the update
+            approved_at=timezone.now(),
+            approved_by=None if automatic else actor,
+            auto_approved=automatic,
+        )
+        _log(upgrade, "upgrade.approved", actor, automatic=automatic)
+    return upgrade
+
+
+def upgrade_reject(*, upgrade_id: int, actor: Any, reason: str) -> Upgrade:
+    """Reject a proposed upgrade, with a reason. The caller removes its branch and worktree."""
+    _require_permission(actor)
+    reason = clean_multiline_text(reason).strip()
+    if not reason:
+        raise InvalidUpgrade("Say why the upgrade is rejected.")
+    with transaction.atomic():
+        upgrade = _move(
+            upgrade_id,
+            (Upgrade.Status.PROPOSED,),
+            Upgrade.Status.REJECTED,
+            rejected_at=timezone.now(),
+            rejected_by=actor,
+            rejection_reason=reason[:REASON_MAX],
+        )
+        _log(upgrade, "upgrade.rejected", actor, reason=reason[:REASON_MAX])
+    return upgrade
+
+
+def upgrades_due(*, now: datetime | None = None, limit: int = 50) -> list[Upgrade]:
+    """Proposals older than UPGRADE_TIMEOUT_HOURS."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.UPGRADE_TIMEOUT_HOURS)
+    return list(Upgrade.objects.filter(status=Upgrade.Status.PROPOSED, proposed_at__lte=cutoff).order_by("id")[:limit])
+
+
+def upgrade_time_out(*, upgrade: Upgrade) -> Upgrade:
+    """A proposal nobody decided on in time: approved automatically when AUTO_APPROVE_UPGRADES allows it (low risk,
+    tests passed), otherwise expired."""
+    if settings.AUTO_APPROVE_UPGRADES and upgrade.risk == Risk.LOW and upgrade.tests_passed:
+        return _approve(upgrade.pk, actor=None, automatic=True)
+    with transaction.atomic():
+        expired = _move(upgrade.pk, (Upgrade.Status.PROPOSED,), Upgrade.Status.EXPIRED)
+        _log(expired, "upgrade.expired", None, hours=settings.UPGRADE_TIMEOUT_HOURS)
+    return expired
+
+
+def upgrade_claim(*, worker_id: str) -> Upgrade | None:
+    """The oldest approved upgrade no worker is applying, claimed by this one."""
+    for upgrade_id in (
+        Upgrade.objects.filter(status=Upgrade.Status.APPROVED, claimed_by="")
+        .order_by("id")
+        .values_list("id", flat=True)[:5]
+    ):
+        if Upgrade.objects.filter(pk=upgrade_id, status=Upgrade.Status.APPROVED, claimed_by="").update(
+            claimed_by=worker_id
+        ):
+            return Upgrade.objects.get(pk=upgrade_id)
+    return None
+
+
+def upgrade_mark_applied(
+    *, upgrade_id: int, applied_commit: str, replaced_commit: str, test_results: Any = None
+) -> Upgrade:
+    changes: dict[str, Any] = {
+        "applied_at": timezone.now(),
+        "applied_commit": applied_commit,
+        "replaced_commit": replaced_commit,
+        "claimed_by": "",
+    }
+    if test_results is not None:
+        changes["test_results"] = test_results
+    with transaction.atomic():
+        upgrade = _move(upgrade_id, (Upgrade.Status.APPROVED,), Upgrade.Status.APPLIED, **changes)
+        _log(upgrade, "upgrade.applied", None, commit=applied_commit, replaced=replaced_commit)
+    return upgrade
+
+
+def upgrade_mark_failed(*, upgrade_id: int, reason: str, test_results: Any = None) -> Upgrade:
+    changes: dict[str, Any] = {"error_message": reason[: REASON_MAX * 4], "claimed_by": ""}
+    if test_results is not None:
+        changes["test_results"] = test_results
+    with transaction.atomic():
+        upgrade = _move(upgrade_id, (Upgrade.Status.APPROVED,), Upgrade.Status.FAILED, **changes)
+        _log(upgrade, "upgrade.failed", None, reason=reason[:REASON_MAX])
+    return upgrade
+
+
+def upgrade_mark_rolled_back(*, upgrade_id: int, revert_commit: str, actor: Any) -> Upgrade:
+    with transaction.atomic():
+        upgrade = _move(
+            upgrade_id,
+            (Upgrade.Status.APPLIED,),
+            Upgrade.Status.ROLLED_BACK,
+            rolled_back_at=timezone.now(),
+            revert_commit=revert_commit,
+        )
+        _log(upgrade, "upgrade.rolled_back", actor, commit=revert_commit)
+    return upgrade
+
+
+def upgrades_prune(*, now: datetime | None = None) -> int:
+    """Delete finished upgrades older than UPGRADE_HISTORY_DAYS (their events stay in the audit trail)."""
+    now = now or timezone.now()
+    finished = (
+        Upgrade.Status.APPLIED,
+        Upgrade.Status.FAILED,
+        Upgrade.Status.REJECTED,
+        Upgrade.Status.EXPIRED,
+        Upgrade.Status.ROLLED_BACK,
+    )
+    old = Upgrade.objects.filter(
+        status__in=finished, proposed_at__lt=now - timedelta(days=settings.UPGRADE_HISTORY_DAYS)
+    )
+    deleted, _ = old.delete()
+    return deleted
+
+
+INSTRUCTION_MAX = 4000
+
+
+def upgrade_request_create(*, instruction: str, actor: Any, task: Any = None) -> UpgradeRequest:
+    """Ask for a change; the worker drafts it (apps.upgrades.worker) into a proposed upgrade."""
+    text = clean_multiline_text(instruction).strip()
+    if not text:
+        raise InvalidUpgrade("Say what should change.")
+    if len(text) > INSTRUCTION_MAX:
+        raise InvalidUpgrade(f"The instruction is {len(text)} characters; the limit is {INSTRUCTION_MAX}.")
+    with transaction.atomic():
+        request = UpgradeRequest.objects.create(
+            instruction=text, requested_by=actor if getattr(actor, "is_authenticated", False) else None, task=task
+        )
+        log_event(
+            "upgrade.requested",
+            source=SOURCE,
+            task_id=task.pk if task is not None else None,
+            data={"request_id": request.pk, "by": _actor_name(actor if request.requested_by else None)},
+        )
+    return request
+
+
+# --- Git-backed moves (outside transactions: git is slow, and a failed git step must not roll back the record) ---
+
+AUTHOR_NAME = "Timmy (self-modify)"
+AUTHOR_EMAIL = "timmy@localhost"
+
+
+class UpgradeGitError(UpgradeError):
+    """Git refused (a conflict, a dirty live tree, a moved branch); the message says what."""
+
+
+def worktrees_dir() -> Path:
+    return Path(settings.DATA_DIR) / "worktrees"
+
+
+def test_environment() -> dict[str, str]:
+    """The environment of a proposal's test run: only the basics, so this process's settings (database, data dir,
+    secrets) never leak into the code under test."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+    return {name: os.environ[name] for name in keep if name in os.environ} | {"PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def test_results_of(run: gitops.TestRun, command: str) -> dict[str, Any]:
+    return {
+        "passed": run.passed,
+        "passed_count": run.passed_count,
+        "failed_count": run.failed_count,
+        "duration_seconds": round(run.duration_seconds, 2),
+        "output_tail": run.output_tail,
+        "timed_out": run.timed_out,
+        "command": command,
+    }
+
+
+def run_proposal_tests(worktree: Path) -> gitops.TestRun:
+    return gitops.run_tests(
+        worktree,
+        settings.SELF_MODIFY_TEST_COMMAND,
+        timeout_seconds=settings.SELF_MODIFY_TEST_TIMEOUT_SECONDS,
+        env=test_environment(),
+    )
+
+
+def _clean_up(upgrade: Upgrade, *, delete_branch: bool) -> None:
+    if not upgrade.worktree_path:
+        return
+    try:
+        gitops.remove_worktree(
+            Path(upgrade.repo_path), Path(upgrade.worktree_path), branch=upgrade.branch if delete_branch else None
+        )
+    except gitops.GitOpsError:
+        # Leftovers in the data dir are harmless; the record's state is what counts.
+        logger.warning("could not remove the worktree of upgrade %s", upgrade.pk, exc_info=True)
+
+
+def upgrade_reject_and_clean(*, upgrade_id: int, actor: Any, reason: str) -> Upgrade:
+    """Reject, then remove the proposal's branch and worktree."""
+    upgrade = upgrade_reject(upgrade_id=upgrade_id, actor=actor, reason=reason)
+    _clean_up(upgrade, delete_branch=True)
+    return upgrade
+
+
+def upgrade_time_out_and_clean(*, upgrade: Upgrade) -> Upgrade:
+    upgrade = upgrade_time_out(upgrade=upgrade)
+    if upgrade.status == Upgrade.Status.EXPIRED:
+        _clean_up(upgrade, delete_branch=True)
+    return upgrade
+
+
+def upgrade_apply(*, upgrade: Upgrade) -> Upgrade:
+    """Merge a claimed, approved upgrade into its target branch. If the target moved since the proposal, its tests
+    are first run on the merged result. A conflict, failing tests or a live tree with uncommitted changes leave the
+    target as it was and fail the upgrade with the reason; a target that moves during the merge is retried later."""
+    repo = Path(upgrade.repo_path)
+    expected = None
+    try:
+        if gitops.target_moved(repo, upgrade.target_branch, upgrade.base_commit):
+            merged = gitops.merged_worktree(
+                repo,
+                target_branch=upgrade.target_branch,
+                branch=upgrade.branch,
+                worktrees_dir=worktrees_dir(),
+                author_name=AUTHOR_NAME,
+                author_email=AUTHOR_EMAIL,
+            )
+            try:
+                run = run_proposal_tests(merged.path)
+            finally:
+                gitops.remove_worktree(repo, merged.path)
+            results = test_results_of(run, settings.SELF_MODIFY_TEST_COMMAND) | {"on_merged_result": True}
+            if not run.passed:
+                return upgrade_mark_failed(
+                    upgrade_id=upgrade.pk,
+                    reason=f"{upgrade.target_branch} moved since the proposal; the tests fail on the merged result.",
+                    test_results=results,
+                )
+            expected = merged.target_sha
+        result = gitops.merge_into_target(
+            repo,
+            target_branch=upgrade.target_branch,
+            branch=upgrade.branch,
+            message=f"Merge upgrade {upgrade.pk}: {upgrade.description[:200]}",
+            author_name=AUTHOR_NAME,
+            author_email=AUTHOR_EMAIL,
+            expected_target_sha=expected,
+        )
+    except gitops.BranchMoved:
+        Upgrade.objects.filter(pk=upgrade.pk, status=Upgrade.Status.APPROVED).update(claimed_by="")
+        upgrade.refresh_from_db()
+        return upgrade
+    except gitops.MergeConflict as exc:
+        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=f"Merge conflict: {exc}")
+    except gitops.TreeNotClean as exc:
+        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=f"Not applied: {exc}")
+    except gitops.GitOpsError as exc:
+        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=str(exc))
+    applied = upgrade_mark_applied(
+        upgrade_id=upgrade.pk, applied_commit=result.merge_sha, replaced_commit=result.previous_sha
+    )
+    _clean_up(applied, delete_branch=False)
+    return applied
+
+
+def upgrade_rollback(*, upgrade_id: int, actor: Any) -> Upgrade:
+    """Undo an applied upgrade with a revert commit on its target branch."""
+    _require_permission(actor)
+    upgrade = Upgrade.objects.filter(pk=upgrade_id).first()
+    if upgrade is None:
+        raise UpgradeNotFound(f"Upgrade {upgrade_id} not found.")
+    if upgrade.status != Upgrade.Status.APPLIED:
+        raise UpgradeWrongState(
+            f"Upgrade {upgrade_id} is {upgrade.status}; only an applied upgrade can be rolled back."
+        )
+    try:
+        revert = gitops.revert_merge(
+            Path(upgrade.repo_path),
+            target_branch=upgrade.target_branch,
+            merge_sha=upgrade.applied_commit,
+            message=f"Roll back upgrade {upgrade.pk}: {upgrade.description[:200]}",
+            author_name=AUTHOR_NAME,
+            author_email=AUTHOR_EMAIL,
+        )
+    except gitops.GitOpsError as exc:
+        raise UpgradeGitError(f"Upgrade {upgrade_id} was not rolled back: {exc}") from exc
+    return upgrade_mark_rolled_back(upgrade_id=upgrade_id, revert_commit=revert, actor=actor)
+
+
+def upgrade_request_finish(*, request: UpgradeRequest, upgrade: Upgrade | None = None, error: str = "") -> None:
+    status = UpgradeRequest.Status.DONE if upgrade is not None else UpgradeRequest.Status.FAILED
+    with transaction.atomic():
+        UpgradeRequest.objects.filter(pk=request.pk).update(
+            status=status, upgrade=upgrade, error_message=error[:4000], finished_at=timezone.now()
+        )
+        if upgrade is None:
+            log_event(
+                "upgrade.request_failed",
+                source=SOURCE,
+                task_id=request.task_id,
+                data={"request_id": request.pk, "reason": error[:REASON_MAX]},
+            )
