@@ -9,6 +9,8 @@ reconnecting client resumes from the last id it saw.
 """
 
 import asyncio
+import atexit
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -32,6 +34,8 @@ logger = logging.getLogger("timmy.feed")
 
 NUDGE_GROUP = "event_log.commits"
 FOLLOW_BATCH = 500
+# How long a process about to exit waits for its last nudges to reach Redis.
+FLUSH_SECONDS = 2.0
 
 
 @dataclass
@@ -218,12 +222,17 @@ class FeedNudger:
         self._lock = threading.Lock()
         self._layer: Any = None
         self._config: Any = None
+        self._pending: set[Future[None]] = set()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="event-feed-nudger", daemon=True).start()
+                if self._loop is None:
+                    # A command that logs an event and exits (run_tool, self_modify) would otherwise lose its
+                    # last nudge with the daemon thread: its followers would see the event only at their next poll.
+                    atexit.register(self.flush)
                 self._loop = loop
             return self._loop
 
@@ -242,7 +251,21 @@ class FeedNudger:
         future = asyncio.run_coroutine_threadsafe(
             layer.group_send(NUDGE_GROUP, {"type": "feed.nudge"}), self._running_loop()
         )
-        future.add_done_callback(_report_nudge_failure)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._sent)
+
+    def _sent(self, future: "Future[None]") -> None:
+        with self._lock:
+            self._pending.discard(future)
+        _report_nudge_failure(future)
+
+    def flush(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Wait (at most `timeout`) for the nudges still on their way to Redis."""
+        with self._lock:
+            pending = list(self._pending)
+        if pending:
+            concurrent.futures.wait(pending, timeout=timeout)
 
     def schedule(self, using: str) -> None:
         """Nudge once when the current transaction commits, however many events it logged."""
