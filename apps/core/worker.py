@@ -1,9 +1,10 @@
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
@@ -19,6 +20,25 @@ from apps.swarm import services as swarm_services
 logger = logging.getLogger("timmy.worker")
 
 Step = Callable[[datetime], int]
+
+
+def at_most_every(interval: timedelta) -> Callable[[Step], Step]:
+    """For a step that need not run every cycle (it asks a remote node, or prunes): it runs at most once per
+    `interval` in a process and returns 0 in between."""
+
+    def decorate(step: Step) -> Step:
+        last: list[datetime] = []
+
+        @functools.wraps(step)
+        def throttled(now: datetime) -> int:
+            if last and now - last[0] < interval:
+                return 0
+            last[:] = [now]
+            return step(now)
+
+        return throttled
+
+    return decorate
 
 
 @dataclass

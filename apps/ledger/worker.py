@@ -2,11 +2,9 @@
 
 from datetime import datetime, timedelta
 
+from apps.core.worker import at_most_every
 from apps.ledger import services
 from apps.ledger.backends.base import BackendError
-
-RECONCILE_EVERY = timedelta(seconds=60)
-_last_reconcile: dict[str, datetime] = {}
 
 
 def pay_completed_tasks(now: datetime) -> int:
@@ -28,11 +26,9 @@ def expire_invoices(now: datetime) -> int:
     return services.expire_invoices(now=now)
 
 
+# Asking the node about every pending row each second would be a load for nothing: once a minute.
+@at_most_every(timedelta(seconds=60))
 def reconcile_pending(now: datetime) -> int:
-    # Asking the node about every pending row each second would be a load for nothing: once a minute.
-    last = _last_reconcile.get("at")
-    if last is not None and now - last < RECONCILE_EVERY:
-        return 0
-    _last_reconcile["at"] = now
-    report = services.reconcile()
+    # The totals check scans the whole ledger and nobody reads the worker's report: it is for ledger_reconcile.
+    report = services.reconcile(check_totals=False)
     return report.settled + report.failed + report.expired

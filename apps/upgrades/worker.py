@@ -4,11 +4,9 @@ proposals, prune old history. Each takes the time and returns how many items it 
 from datetime import datetime, timedelta
 
 from apps.core.services import worker_default_id
+from apps.core.worker import at_most_every
 from apps.upgrades import loop, services
 from apps.upgrades.models import UpgradeRequest
-
-PRUNE_EVERY = timedelta(hours=1)
-_last_prune: dict[str, datetime] = {}
 
 
 def run_upgrade_requests(now: datetime) -> int:
@@ -53,11 +51,8 @@ def time_out_upgrades(now: datetime) -> int:
     return len(due)
 
 
+# A DELETE scan every second would be work for nothing: once an hour per process.
+@at_most_every(timedelta(hours=1))
 def prune_upgrades(now: datetime) -> int:
-    # A DELETE scan every second would be work for nothing: once an hour per process.
-    last = _last_prune.get("at")
-    if last is not None and now - last < PRUNE_EVERY:
-        return 0
-    _last_prune["at"] = now
     services.upgrades_prune(now=now)
     return 0  # pruning is not "work found": the loop should not spin faster
