@@ -16,6 +16,8 @@ from django.db import connection
 from django.test import Client
 
 from apps.core.services import api_token_create
+from apps.ledger.backends import get_backend, reset_backend
+from apps.ledger.backends.dev import DevBackend
 from tests.factories import StaffFactory, UserFactory
 from tests.llm_servers import LlamaCppServer, OllamaServer, write_tiny_gguf
 
@@ -185,3 +187,16 @@ def llama_cpp_server(tiny_gguf: Path) -> Iterator[LlamaCppServer]:
     """The real llama.cpp OpenAI-compatible server on a tiny random model: it answers gibberish, quickly."""
     with LlamaCppServer(tiny_gguf) as server:
         yield server
+
+
+@pytest.fixture
+def dev_node(settings: Any, tmp_path: Any, db: None) -> Iterator[DevBackend]:
+    """The embedded Lightning dev node, with its key in this test's own data dir (which a daphne or worker
+    started with TIMMY_DATA_DIR=tmp_path shares)."""
+    settings.DATA_DIR = tmp_path
+    settings.LIGHTNING_BACKEND = "dev"
+    reset_backend()
+    node = get_backend()
+    assert isinstance(node, DevBackend)
+    yield node
+    reset_backend()

@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests import llm_servers
+
 MODES = ("normal", "error500", "hang")
 CURRENCY = "bcrt"
 DEFAULT_EXPIRY = 86400  # LND's default
@@ -53,15 +55,9 @@ HTTP_OF_CODE = {NOT_FOUND: 404, ALREADY_EXISTS: 409, UNAUTHENTICATED: 401, UNKNO
 ZERO_PREIMAGE = "0" * 64
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def refused_url() -> str:
-    """A loopback URL where nothing listens, so a connection is refused at once."""
-    return f"https://127.0.0.1:{free_port()}"
+    """A loopback HTTPS URL where nothing listens, so a connection is refused at once."""
+    return llm_servers.refused_url().replace("http://", "https://", 1)
 
 
 def _b64(data: bytes) -> str:

@@ -8,7 +8,6 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from apps.ledger import services
-from apps.ledger.backends import get_backend, reset_backend
 from apps.ledger.backends.dev import DevBackend
 from apps.ledger.models import LedgerEntry, TxStatus
 from tests.e2e.conftest import RecordedPage, WebServer
@@ -24,18 +23,6 @@ TODAY_INCOMING = """() => {
   const data = Chart.getChart(document.getElementById("ledger-chart-canvas")).data.datasets[0].data;
   return data[data.length - 1];
 }"""
-
-
-@pytest.fixture
-def dev_node(settings: Any, tmp_path: Path, transactional_db: None) -> Iterator[DevBackend]:
-    """The embedded dev node with its key in this test's data dir, which the web server below shares."""
-    settings.DATA_DIR = tmp_path
-    settings.LIGHTNING_BACKEND = "dev"
-    reset_backend()
-    node = get_backend()
-    assert isinstance(node, DevBackend)
-    yield node
-    reset_backend()
 
 
 @pytest.fixture

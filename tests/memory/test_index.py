@@ -79,9 +79,9 @@ def test_forgotten_and_re_embedded_rows_are_searched_as_they_are_now(indexed):
     assert index.vector_search(vectors[0], scope=scope, k=1)[0] == (2, pytest.approx(1.0, abs=1e-5))
     assert index.index_vectors([2])[2] == pytest.approx(vectors[0])
     # The re-embedded row kept its scope.
-    other = int(owners[1]) if owners[1] != index.SHARED else 99
+    other = next(owner for owner in OWNERS if owner != owners[1])
     assert index.vector_search(vectors[0], scope=index.Scope(owner_ids=(int(owners[1]),)), k=1)[0][0] == 2
-    assert all(m != 2 for m, _ in index.vector_search(vectors[0], scope=index.Scope(owner_ids=(other + 1,)), k=5))
+    assert all(m != 2 for m, _ in index.vector_search(vectors[0], scope=index.Scope(owner_ids=(other,)), k=5))
 
 
 def test_vectors_stored_before_the_two_pass_index_are_still_found_after_it(transactional_db):
