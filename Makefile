@@ -11,6 +11,8 @@ setup: $(VENV)/.installed browser redis
 $(VENV)/.installed: requirements/base.txt requirements/ml.txt requirements/dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# pysqlite3-binary (SQLite 3.51.1, which deadlocks) and pysqlite3 install the same module: keep only the new one.
+	$(PY) -m pip uninstall --quiet --yes pysqlite3-binary
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
 
@@ -44,9 +46,10 @@ test-sqlite: $(VENV)/.installed
 	$(TEST_ENV) $(PY) -m pytest
 
 # A private PostgreSQL 16 + pgvector (the pgserver package) for this run only, see tests/pg.py. Every test but the
-# browser ones, which drive the same code as the rest through daphne and the worker, and would add 2-3 minutes.
+# browser ones, which drive the same code as the rest through daphne and the worker, and would add 2-3 minutes, and
+# the soak test of the web server (tests/load), which guards against a deadlock of SQLite's and runs three minutes.
 test-pg: $(VENV)/.installed
-	$(TEST_ENV) $(PY) -m tests.pg run -- $(PY) -m pytest -m "not e2e"
+	$(TEST_ENV) $(PY) -m tests.pg run -- $(PY) -m pytest -m "not e2e and not soak"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check apps timmy_site tests bench

@@ -1,6 +1,6 @@
 """A private PostgreSQL with pgvector for one test run: `python -m tests.pg run -- python -m pytest ...`.
 
-The `pgserver` package bundles PostgreSQL 16 and pgvector. `run` initialises a cluster in `data/test-pg/<pid>/`
+The `pgserver` package bundles PostgreSQL 16 and pgvector. `run` initialises a cluster in `<tmp>/timmy-test-pg/<pid>/`
 (about a second), listening only on a unix socket in that directory, so two runs at once, from one clone or two,
 never share a server or a `test_postgres` database. It creates the `vector` extension in the `postgres` database,
 which fails at once if pgvector cannot load, but not in `template1`: the test database gets it from the memory
@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -31,7 +32,9 @@ with warnings.catch_warnings():
     from pgserver.utils import PostmasterInfo
 
 ROOT = Path(__file__).resolve().parent.parent
-CLUSTERS = ROOT / "data" / "test-pg"
+# Not in the data dir: that is private to its owner (0700), and run as root pgserver starts PostgreSQL as a user of
+# its own, which must reach the cluster.
+CLUSTERS = Path(tempfile.gettempdir()) / "timmy-test-pg"
 
 STOP_SECONDS = 10
 # A throwaway cluster: durability buys nothing and costs the suite a flush on every commit.

@@ -15,6 +15,8 @@ from urllib.parse import unquote
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from timmy_site import data_dir
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -24,7 +26,8 @@ if (BASE_DIR / ".env").exists():
 DATA_DIR = Path(env.str("TIMMY_DATA_DIR", default="data"))
 if not DATA_DIR.is_absolute():
     DATA_DIR = BASE_DIR / DATA_DIR
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Only the owner may read what is in it (sessions, private memories, preimages, keys), whatever the umask was.
+DATA_DIR_TIGHTENED = data_dir.secure(DATA_DIR)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
@@ -119,6 +122,9 @@ TEMPLATES = [
 SQLITE_ENGINE = "timmy_site.db"
 SQLITE_OPTIONS = {
     "timeout": 30,
+    # Idle connections each process keeps for reuse (timmy_site/db/pool.py): opening and closing a connection per
+    # request is slow, and SQLite 3.51.1 deadlocked under that churn. 0 opens and closes one per request.
+    "pool_size": env.int("SQLITE_POOL_SIZE", default=8),
     # Take the write lock at BEGIN: a deferred transaction that later writes fails at once with
     # "database is locked" when another process holds the lock, whatever the timeout.
     "transaction_mode": "IMMEDIATE",
@@ -165,6 +171,12 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+# Failed sign-ins (the login page and the admin's) are counted in the database per account and per client address;
+# at the limit, that account or address is refused for the rest of a LOGIN_LOCKOUT_MINUTES window.
+AUTHENTICATION_BACKENDS = ["apps.core.auth.LoginThrottleBackend", "django.contrib.auth.backends.ModelBackend"]
+LOGIN_FAILURES_PER_ACCOUNT = env.int("LOGIN_FAILURES_PER_ACCOUNT", default=5)
+LOGIN_FAILURES_PER_ADDRESS = env.int("LOGIN_FAILURES_PER_ADDRESS", default=20)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
@@ -194,7 +206,8 @@ LOGGING = {
 
 # Swarm auctions: how long idle agents have to bid after a task is posted.
 AUCTION_SECONDS = env.int("AUCTION_SECONDS", default=15)
-# A running task whose worker stopped renewing its lease for this long is recovered.
+# A running task (and an upgrade being applied, a change request being drafted) whose worker stopped renewing its
+# lease for this long is recovered; after TASK_MAX_ATTEMPTS claims it fails instead.
 TASK_LEASE_SECONDS = env.int("TASK_LEASE_SECONDS", default=300)
 TASK_MAX_ATTEMPTS = env.int("TASK_MAX_ATTEMPTS", default=3)
 
@@ -213,6 +226,7 @@ WORKER_STEPS = [
     "apps.ledger.worker.pay_completed_tasks",
     "apps.ledger.worker.expire_invoices",
     "apps.ledger.worker.reconcile_pending",
+    "apps.upgrades.worker.recover_stale_upgrades",
     "apps.upgrades.worker.apply_approved_upgrades",
     "apps.upgrades.worker.run_upgrade_requests",
     "apps.upgrades.worker.time_out_upgrades",

@@ -3,6 +3,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from apps.agents.models import ChatMessage, ChatSession
+from apps.memory import services as memory
 
 
 class ChatMessageInline(admin.TabularInline):
@@ -22,10 +23,10 @@ class ChatMessageInline(admin.TabularInline):
 
 @admin.register(ChatSession)
 class ChatSessionAdmin(admin.ModelAdmin):
-    """Conversations are written by the chat; here they can be read and deleted, not edited."""
+    """Conversations are written by the chat; here they can be read and deleted, not edited. Like private memories,
+    another user's conversations are shown only to those who may read other users' private memories."""
 
     list_display = ["id", "owner", "message_count", "created_at", "updated_at"]
-    list_filter = ["owner"]
     search_fields = ["=id", "owner__username"]
     readonly_fields = ["id", "owner", "created_at", "updated_at"]
     inlines = [ChatMessageInline]
@@ -33,7 +34,14 @@ class ChatSessionAdmin(admin.ModelAdmin):
     list_select_related = ["owner"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ChatSession]:
-        return super().get_queryset(request).annotate(message_count=Count("messages"))
+        sessions = super().get_queryset(request).annotate(message_count=Count("messages"))
+        if memory.can_read_private(request.user):
+            return sessions
+        return sessions.filter(owner_id=request.user.pk)
+
+    def get_list_filter(self, request: HttpRequest) -> tuple[str, ...]:
+        # The owner filter lists every user: of use only to those who may read everyone's conversations.
+        return ("owner",) if memory.can_read_private(request.user) else ()
 
     @admin.display(description="messages", ordering="message_count")
     def message_count(self, obj: ChatSession) -> int:

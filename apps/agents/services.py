@@ -1,20 +1,21 @@
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from apps.agents import prompts, selectors
 from apps.agents.models import ChatMessage, ChatSession
 from apps.agents.tools import TOOLS
+from apps.core.leases import LeaseKeeper
 from apps.events.models import EventType
 from apps.events.services import clean_multiline_text, log_event
 from apps.memory import services as memory
@@ -120,11 +121,12 @@ class ChatReply:
 SERVE_SOURCE = "agents.serve"
 
 
-def _timmy_prompt(text: str, *, user: User | AnonymousUser) -> str:
-    """Timmy's system prompt with what the user's (or, for a stranger, the shared) memories say about `text`."""
+def _timmy_prompt(text: str, *, user: User | AnonymousUser, public_only: bool = False) -> str:
+    """Timmy's system prompt with what the memories `user` may see say about `text` (public_only: only the
+    memories marked public, for a stranger)."""
     return prompts.with_memory(
         prompts.TIMMY,
-        memory.get_memory_context(text, user=user, max_tokens=MEMORY_CONTEXT_TOKENS),
+        memory.get_memory_context(text, user=user, max_tokens=MEMORY_CONTEXT_TOKENS, public_only=public_only),
         heading="What you remember that may help",
     )
 
@@ -141,8 +143,9 @@ class ServedReply:
 
 
 def chat_serve(*, message: str, payment_hash: str) -> ServedReply:
-    """One answer from Timmy for a paying client (L402): no conversation, only shared memories in the prompt, and
-    nothing remembered from it (the client is a stranger to this household)."""
+    """One answer from Timmy for a paying client (L402): no conversation, and nothing remembered from it (the
+    client is a stranger to this household). Only memories marked public go into the prompt: shared ones hold
+    the household's work (Echo's task results, shared facts), which a stranger must not be able to ask about."""
     text = _chat_message_clean(message)
     agent_id = selectors.timmy_agent_id()
     with transaction.atomic():
@@ -156,7 +159,7 @@ def chat_serve(*, message: str, payment_hash: str) -> ServedReply:
     try:
         completion = _llm_complete(
             [{"role": ChatMessage.Role.USER, "content": text}],
-            system_prompt=_timmy_prompt(text, user=AnonymousUser()),
+            system_prompt=_timmy_prompt(text, user=AnonymousUser(), public_only=True),
             on_chunk=None,
         )
     except RouterError as exc:
@@ -322,41 +325,6 @@ def chat_send(
 # --- assigned tasks, run by the worker ---
 
 
-class _LeaseKeeper:
-    """Renews a running task's lease from a background thread while the worker waits for a model.
-
-    Why not a lease long enough to cover the call: a provider's read timeout bounds each read, not the call —
-    a slow stream, several providers failed over in turn, or AirLLM (no timeout at all) can outlast any fixed
-    lease, and another worker would then run the task a second time. Renewed every third of its length, the
-    lease lapses only when this process stops (a crash, kill -9, a frozen machine), which is what it is for.
-    """
-
-    def __init__(self, *, task_id: int, worker_id: str, lease_seconds: int) -> None:
-        self.task_id = task_id
-        self.worker_id = worker_id
-        self.lease_seconds = lease_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-task-{task_id}", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.lease_seconds / 3):
-                if not swarm_services.task_lease_renew(
-                    task_id=self.task_id, worker_id=self.worker_id, lease_seconds=self.lease_seconds
-                ):
-                    return  # failed in the admin, or recovered by another worker: nothing left to keep
-        finally:
-            connections.close_all()  # this thread's own connections
-
-    def __enter__(self) -> "_LeaseKeeper":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) -> Task:
     """Run an assigned task: its winning persona's prompt and the task's description go through the router.
 
@@ -394,7 +362,8 @@ def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) 
         )
     started = time.monotonic()
     try:
-        with _LeaseKeeper(task_id=task.pk, worker_id=worker_id, lease_seconds=lease):
+        renew = partial(swarm_services.task_lease_renew, task_id=task.pk, worker_id=worker_id, lease_seconds=lease)
+        with LeaseKeeper(renew, lease_seconds=lease, name=f"lease-task-{task.pk}"):
             completion = router.complete(
                 [{"role": "user", "content": task.description}],
                 system_prompt=prompts.with_memory(

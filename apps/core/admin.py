@@ -3,7 +3,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.core import services
-from apps.core.models import ApiToken, WorkerHeartbeat
+from apps.core.forms import AdminLoginForm
+from apps.core.models import ApiToken, LoginFailureCount, WorkerHeartbeat
+
+admin.site.login_form = AdminLoginForm
 
 
 @admin.register(ApiToken)
@@ -35,6 +38,19 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
     @admin.display(boolean=True)
     def alive(self, obj: WorkerHeartbeat) -> bool:
         return obj.is_alive()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(LoginFailureCount)
+class LoginFailureCountAdmin(admin.ModelAdmin):
+    """Who is being throttled at the login pages; deleting a row lifts that account's or address's lockout."""
+
+    list_display = ["kind", "key", "failures", "window_started_at"]
+    list_filter = ["kind"]
+    search_fields = ["key"]
+    readonly_fields = ["kind", "key", "failures", "window_started_at"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,4 +1,7 @@
+import logging
+
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class CoreConfig(AppConfig):
@@ -6,4 +9,11 @@ class CoreConfig(AppConfig):
     verbose_name = "Operations"
 
     def ready(self) -> None:
-        from apps.core import checks  # noqa: F401  (registers the system checks)
+        from django.contrib.auth.signals import user_logged_in, user_login_failed
+
+        from apps.core import auth, checks  # noqa: F401  (checks registers the system checks)
+
+        user_login_failed.connect(auth.login_failed, dispatch_uid="core.login_failed")
+        user_logged_in.connect(auth.logged_in, dispatch_uid="core.logged_in")
+        for change in settings.DATA_DIR_TIGHTENED:
+            logging.getLogger("timmy.data_dir").warning("Took group and other permissions off %s", change)

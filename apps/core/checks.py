@@ -1,9 +1,22 @@
 import os
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
+from django.db import connections
 from django.utils.module_loading import import_string
+
+from timmy_site import data_dir
+
+# SQLite releases that must not run this project, with why. 3.51.0 added a check to the unix VFS that takes the
+# global VFS mutex while holding a file's own mutex, the reverse of the order used when a connection opens: with
+# connections opening and closing in several threads (a web server under load) two threads wait on each other
+# for ever. Fixed in 3.51.2.
+BAD_SQLITE_VERSIONS: dict[tuple[int, ...], str] = {
+    (3, 51, 0): "its unix VFS can deadlock when connections open and close in several threads (fixed in 3.51.2)",
+    (3, 51, 1): "its unix VFS can deadlock when connections open and close in several threads (fixed in 3.51.2)",
+}
 
 
 @register()
@@ -49,7 +62,41 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     errors.extend(_lightning_errors())
     if not os.access(settings.DATA_DIR, os.W_OK):
         errors.append(Error(f"TIMMY_DATA_DIR {settings.DATA_DIR} is not writable.", id="timmy.E005"))
+    errors.extend(data_dir_errors(Path(settings.DATA_DIR)))
+    for alias in connections:
+        if connections[alias].vendor == "sqlite":
+            errors.extend(sqlite_version_errors(connections[alias].get_database_version()))
     return errors
+
+
+def sqlite_version_errors(version: tuple[int, ...]) -> list[CheckMessage]:
+    why = BAD_SQLITE_VERSIONS.get(tuple(version[:3]))
+    if why is None:
+        return []
+    name = ".".join(map(str, version))
+    return [
+        Error(
+            f"SQLite {name} must not be used: {why}.",
+            hint="Run `make setup`, which installs pysqlite3 with a newer SQLite (requirements/base.txt).",
+            id="timmy.E012",
+        )
+    ]
+
+
+def data_dir_errors(path: Path) -> list[CheckMessage]:
+    exposed = data_dir.exposed(path)
+    if not exposed:
+        return []
+    return [
+        Error(
+            f"TIMMY_DATA_DIR holds private data but other users can reach: {', '.join(exposed)}.",
+            hint=(
+                "Each process takes these permissions off what it owns when it starts; these belong to another "
+                f"user: as that user, chmod 700 {path} (and its folders) and chmod 600 its files."
+            ),
+            id="timmy.E013",
+        )
+    ]
 
 
 def _lightning_errors() -> list[CheckMessage]:

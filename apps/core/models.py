@@ -44,3 +44,25 @@ class WorkerHeartbeat(models.Model):
         now = now or timezone.now()
         stale = timedelta(seconds=settings.WORKER_STALE_SECONDS)
         return self.stopped_at is None and self.last_beat_at >= now - stale
+
+
+class LoginFailureCount(models.Model):
+    """Failed sign-ins of one account (by username) or from one client address since `window_started_at`, for the
+    login throttle (apps.core.auth). In the database, not the cache, so that every web process counts together."""
+
+    class Kind(models.TextChoices):
+        ACCOUNT = "account"
+        ADDRESS = "address"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    key = models.CharField(max_length=150, help_text="The username tried, or the client address.")
+    failures = models.PositiveIntegerField(default=0)
+    window_started_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "login_failure_counts"
+        constraints = [models.UniqueConstraint(fields=["kind", "key"], name="login_failure_count_kind_key")]
+        indexes = [models.Index(fields=["window_started_at"], name="login_failure_window_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}: {self.failures}"

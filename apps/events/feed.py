@@ -6,6 +6,9 @@ It reads when nudged through the channel layer (with Redis: every commit, in any
 at least every ACTIVITY_FEED_POLL_SECONDS, so the embedded default needs no Redis and a lost nudge only costs
 latency. No client ever queries the table for live events; a restart of any process loses nothing, because a
 reconnecting client resumes from the last id it saw.
+
+The follower reads through one thread of its own, which keeps one database connection for as long as it follows:
+ten reads a second must not open and close ten connections a second.
 """
 
 import asyncio
@@ -16,21 +19,23 @@ import json
 import logging
 import threading
 from collections import Counter, deque
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from channels import DEFAULT_CHANNEL_LAYER
-from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from redis.exceptions import RedisError
 
 from apps.events import selectors
 from apps.events.models import Event
 
 logger = logging.getLogger("timmy.feed")
+
+T = TypeVar("T")
 
 NUDGE_GROUP = "event_log.commits"
 FOLLOW_BATCH = 500
@@ -121,6 +126,7 @@ class EventHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake: asyncio.Event | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._reader: ThreadPoolExecutor | None = None
 
     # Connections per address (WEBSOCKET_MAX_PER_IP), counted in this process.
 
@@ -148,15 +154,17 @@ class EventHub:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # First use, or a new event loop (tests): nothing of the old loop can run any more.
+            self._stop_reader()
             self._loop, self._tasks, self.subscribers = loop, [], set()
             self._wake, self._start_lock = asyncio.Event(), asyncio.Lock()
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-feed-reader")
         assert self._start_lock is not None
         async with self._start_lock:
             if self._tasks and not any(task.done() for task in self._tasks):
                 return
             for task in self._tasks:
                 task.cancel()
-            self.last_id = await database_sync_to_async(selectors.event_latest_id)()
+            self.last_id = await self._read(selectors.event_latest_id)
             self._tasks = [asyncio.create_task(self._follow(), name="event-feed-follower")]
             if settings.REDIS_URL:
                 self._tasks.append(asyncio.create_task(self._listen_for_nudges(), name="event-feed-nudges"))
@@ -174,15 +182,17 @@ class EventHub:
             try:
                 await self.catch_up()
             except Exception:
-                # The database may be locked or restarting; the next round retries from the same id.
+                # The database may be locked or restarting; the next round retries from the same id, on a new
+                # connection in case this one is broken.
                 logger.exception("the event feed could not read the event log; retrying")
+                await self._read(connections.close_all)
                 await asyncio.sleep(poll)
 
     async def catch_up(self) -> int:
         """Offer every event committed since the last one seen; return how many there were."""
         seen = 0
         while True:
-            events = await database_sync_to_async(selectors.events_after)(self.last_id, limit=FOLLOW_BATCH)
+            events = await self._read(lambda: selectors.events_after(self.last_id, limit=FOLLOW_BATCH))
             for event in events:
                 feed_event = FeedEvent.of(event)
                 for subscriber in list(self.subscribers):
@@ -191,6 +201,18 @@ class EventHub:
             seen += len(events)
             if len(events) < FOLLOW_BATCH:
                 return seen
+
+    async def _read(self, query: "Callable[[], T]") -> T:
+        """Run `query` in the follower's own thread, whose connection stays open between reads (unlike
+        database_sync_to_async, which closes the thread's connections before and after each call)."""
+        assert self._reader is not None
+        return await asyncio.get_running_loop().run_in_executor(self._reader, query)
+
+    def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.submit(connections.close_all)
+            self._reader.shutdown(wait=False)
+            self._reader = None
 
     async def _listen_for_nudges(self) -> None:
         assert self._wake is not None

@@ -21,8 +21,8 @@ class EventType(models.TextChoices):
     SYSTEM_ERROR = "system.error"
 
 
-# upgrade.approved, payment.settled, memory.stored, provider.circuit_opened, ...
-NAMESPACES = ("upgrade", "payment", "memory", "provider")
+# upgrade.approved, payment.settled, memory.stored, provider.circuit_opened, auth.login_throttled, ...
+NAMESPACES = ("upgrade", "payment", "memory", "provider", "auth")
 NAMESPACED_TYPE = re.compile(rf"(?:{'|'.join(NAMESPACES)})\.[a-z][a-z0-9_]{{0,50}}")
 
 

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
 
 from apps.agents import services as agents
 from apps.core.auth import require_staff
@@ -49,7 +51,15 @@ class EntryOut(Schema):
 
 class InvoiceIn(Schema):
     amount_sats: int = Field(..., ge=1, le=services.MAX_SATS)
-    memo: str = Field("", max_length=services.MEMO_MAX)
+    memo: str = Field("", description=f"At most {services.MEMO_MAX_BYTES} bytes in UTF-8 (a BOLT11 description).")
+
+    @field_validator("memo")
+    @classmethod
+    def memo_fits_an_invoice(cls, value: str) -> str:
+        error = services.memo_error(value)
+        if error:
+            raise PydanticCustomError("invoice_memo", error)
+        return value
 
 
 class InvoiceOut(Schema):
@@ -146,7 +156,7 @@ class ServeChatOut(Schema):
     summary="Chat with Timmy, paid per token with Lightning (L402)",
     description="Without a token: 402 with an invoice and a macaroon. After paying: `Authorization: L402 "
     "<macaroon>:<preimage>`; the token works until it expires. 401 with the reason for a bad token; 503 when no "
-    "model answers (the token stays valid: try again).",
+    "model answers (the token stays valid: try again). Timmy draws only on the memories marked public.",
 )
 @paid("serve/chat")
 def serve_chat(request: HttpRequest, payload: ServeChatIn) -> agents.ServedReply:

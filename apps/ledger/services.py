@@ -34,7 +34,9 @@ from apps.swarm.models import Agent, Task
 
 # 21 million bitcoin: no single amount can be more.
 MAX_SATS = 21_000_000 * 100_000_000
-MEMO_MAX = 640
+# A BOLT11 description is one tagged field of at most 1023 five-bit groups: 639 whole bytes of UTF-8. Every invoice
+# we issue (API, L402 challenge, agent payment) carries its memo there.
+MEMO_MAX_BYTES = 639
 REASON_MAX = 300
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -75,11 +77,28 @@ def _amount(amount_sats: Any) -> int:
     return amount_sats
 
 
+def memo_error(memo: str) -> str:
+    """Why a memo cannot be an invoice's description ("" when it can), measured as it will be stored."""
+    try:
+        size = len(clean_multiline_text(memo or "").strip().encode())
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 encoding exists
+        return "The memo is not valid Unicode text."
+    if size > MEMO_MAX_BYTES:
+        return f"The memo is {size:,} bytes in UTF-8; an invoice's memo is at most {MEMO_MAX_BYTES} bytes."
+    return ""
+
+
 def _memo(memo: str) -> str:
+    error = memo_error(memo)
+    if error:
+        raise InvalidPayment(error)
+    return clean_multiline_text(memo or "").strip()
+
+
+def _memo_clipped(memo: str) -> str:
+    # For invoices we pay or make for an agent: their text is not ours to refuse, so it is cut to fit.
     text = clean_multiline_text(memo or "").strip()
-    if len(text) > MEMO_MAX:
-        raise InvalidPayment(f"The memo is {len(text)} characters; the limit is {MEMO_MAX}.")
-    return text
+    return text.encode(errors="ignore")[:MEMO_MAX_BYTES].decode(errors="ignore")
 
 
 def _hex64(value: str, what: str) -> str:
@@ -207,7 +226,7 @@ def record_outgoing(
                     tx_type=TxType.OUTGOING,
                     payment_hash=decoded.payment_hash,
                     amount_sats=_amount(decoded.amount_msat // 1000),
-                    memo=_memo(decoded.description or "")[:MEMO_MAX],
+                    memo=_memo_clipped(decoded.description or ""),
                     invoice=payment_request.strip(),
                     source=source,
                     task=task,
@@ -441,7 +460,7 @@ def pay_task(*, task: Task, backend: LightningBackend | None = None) -> LedgerEn
     backend = backend or get_backend()
     invoice = backend.create_invoice(
         amount_sats=task.winning_bid_sats,
-        memo=f"Task {task.pk}: {task.description[:100]}",
+        memo=_memo_clipped(f"Task {task.pk}: {task.description[:100]}"),
         expiry_seconds=settings.INVOICE_EXPIRY_SECONDS,
     )
     return record_outgoing(

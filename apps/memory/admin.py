@@ -5,7 +5,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.text import Truncator
 
-from apps.memory import services
+from apps.memory import selectors, services
 from apps.memory.models import MemoryEntry
 
 
@@ -14,11 +14,13 @@ class SharedFilter(admin.SimpleListFilter):
     parameter_name = "visibility"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("shared", "shared"), ("private", "private")]
+        return [("shared", "shared"), ("public", "public (paid chat)"), ("private", "private")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[MemoryEntry]) -> QuerySet[MemoryEntry]:
         if self.value() == "shared":
             return queryset.filter(owner__isnull=True)
+        if self.value() == "public":
+            return queryset.filter(public=True)
         if self.value() == "private":
             return queryset.filter(owner__isnull=False)
         return queryset
@@ -39,9 +41,12 @@ class ForgottenFilter(admin.SimpleListFilter):
 
 @admin.register(MemoryEntry)
 class MemoryEntryAdmin(admin.ModelAdmin):
+    """Staff see their own and the shared memories; everyone's only with the permission to read other users'
+    private memories (superusers have it)."""
+
     list_display = [
-        "id", "preview", "context_type", "owner_or_shared", "agent", "source", "access_count", "timestamp",
-        "forgotten",
+        "id", "preview", "context_type", "owner_or_shared", "public", "agent", "source", "access_count",
+        "timestamp", "forgotten",
     ]  # fmt: skip
     list_filter = ["context_type", SharedFilter, ForgottenFilter, "embedding_model", "agent"]
     list_select_related = ["owner", "agent"]
@@ -49,19 +54,38 @@ class MemoryEntryAdmin(admin.ModelAdmin):
     search_fields = ["content"]
     show_full_result_count = False
     fieldsets = [
-        (None, {"fields": ["content", "context_type", "owner", "agent", "task", "source", "session_id", "metadata"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "content",
+                    "context_type",
+                    "owner",
+                    "public",
+                    "agent",
+                    "task",
+                    "source",
+                    "session_id",
+                    "metadata",
+                ]
+            },
+        ),
         ("Index", {"fields": ["content_hash", "embedding_model", "embedding_dimensions", "timestamp"]}),
         ("Use", {"fields": ["access_count", "last_accessed_at"]}),
         ("Forgotten", {"fields": ["deleted_at", "deleted_reason"]}),
     ]
-    # The content and the scope (type, owner, agent) are copied into the search index when a memory is stored: an
-    # edit here would desynchronise it, and a changed owner would leak the memory. The audit columns are kept by
-    # the services.
+    # The content and the scope (type, owner, public, agent) are copied into the search index when a memory is
+    # stored: an edit here would desynchronise it, and a changed owner would leak the memory (public is changed by
+    # the actions, which update the index). The audit columns are kept by the services.
     readonly_fields = [
-        "content", "context_type", "owner", "agent", "content_hash", "embedding_model", "embedding_dimensions",
-        "timestamp", "access_count", "last_accessed_at", "deleted_at", "deleted_reason",
+        "content", "context_type", "owner", "public", "agent", "content_hash", "embedding_model",
+        "embedding_dimensions", "timestamp", "access_count", "last_accessed_at", "deleted_at", "deleted_reason",
     ]  # fmt: skip
-    actions = ["forget_memories"]
+    actions = ["forget_memories", "make_public", "make_not_public"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MemoryEntry]:
+        # Every view of this admin (list, search, change page, history, actions) starts here.
+        return selectors.memories_for_admin(super().get_queryset(request), request.user)
 
     @admin.display(description="content")
     def preview(self, obj: MemoryEntry) -> str:
@@ -120,4 +144,61 @@ class MemoryEntryAdmin(admin.ModelAdmin):
                 "can forget them.",
                 messages.WARNING,
             )
+        return None
+
+    @admin.action(description="Mark selected memories public (the paid chat may use them)", permissions=["change"])
+    def make_public(self, request: HttpRequest, queryset: QuerySet[MemoryEntry]) -> TemplateResponse | None:
+        return self._set_public(request, queryset, public=True)
+
+    @admin.action(description="Mark selected memories not public", permissions=["change"])
+    def make_not_public(self, request: HttpRequest, queryset: QuerySet[MemoryEntry]) -> TemplateResponse | None:
+        return self._set_public(request, queryset, public=False)
+
+    def _set_public(
+        self, request: HttpRequest, queryset: QuerySet[MemoryEntry], *, public: bool
+    ) -> TemplateResponse | None:
+        selected = list(queryset.select_related("owner").order_by("id"))
+        private = [m for m in selected if not m.is_shared]
+        forgotten = [m for m in selected if m.is_shared and m.is_deleted]
+        live = [m for m in selected if m.is_shared and not m.is_deleted]
+        already = [m for m in live if m.public == public]
+        changing = [m for m in live if m.public != public]
+        if request.POST.get("confirm") != "yes":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Mark memories public?" if public else "Mark memories not public?",
+                "opts": self.model._meta,
+                "public": public,
+                "memories": changing,
+                "already": already,
+                "private": private,
+                "forgotten": forgotten,
+                "action": "make_public" if public else "make_not_public",
+                "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+            }
+            return TemplateResponse(request, "admin/memory/memoryentry/public_confirmation.html", context)
+        changed = 0
+        for memory in changing:
+            try:
+                services.memory_set_public(memory_id=memory.pk, public=public, actor=request.user)
+            except (services.MemoryUnchanged, services.MemoryAlreadyForgotten):
+                already.append(memory)  # changed by someone else since the confirmation page
+                continue
+            changed += 1
+        what = "public: the paid chat may draw on them" if public else "not public"
+        self.message_user(request, f"Marked {changed} memory(ies) {what}.", messages.SUCCESS)
+        if already:
+            self.message_user(
+                request,
+                f"{len(already)} memory(ies) were already {'public' if public else 'not public'} or forgotten since.",
+                messages.INFO,
+            )
+        if private:
+            self.message_user(
+                request,
+                f"{len(private)} memory(ies) are private and were left: only a shared memory can be public.",
+                messages.WARNING,
+            )
+        if forgotten:
+            self.message_user(request, f"{len(forgotten)} memory(ies) are forgotten and were left.", messages.WARNING)
         return None

@@ -1,4 +1,5 @@
 from datetime import datetime
+from typing import Any
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema, Status
@@ -19,6 +20,11 @@ class MemoryIn(Schema):
     agent_id: int | None = None
     # Shared memories are seen by every user; otherwise only by the one who stored it.
     shared: bool = False
+    public: bool = Field(
+        False,
+        description="Shared, and also given to strangers who pay for Timmy's chat (POST /api/v1/serve/chat), whose "
+        "prompts get public memories only. Implies shared.",
+    )
 
 
 class MemoryOut(Schema):
@@ -27,6 +33,7 @@ class MemoryOut(Schema):
     context_type: str
     source: str
     shared: bool
+    public: bool
     agent_id: int | None
     task_id: int | None
     session_id: str
@@ -59,6 +66,19 @@ class ForgottenOut(Schema):
     deleted_reason: str
 
 
+ALL_USERS = Query(
+    False,
+    description="Every user's memories, private ones included: needs the permission memory.view_private_memories "
+    "(403 without it).",
+)
+
+
+def _scope(user: Any, all_users: bool) -> bool:
+    if all_users and not services.can_read_private(user):
+        raise HttpError(403, services.private_permission_refusal())
+    return all_users
+
+
 def _out(memory: MemoryEntry, **extra: object) -> dict[str, object]:
     fields = {name: getattr(memory, name) for name in MemoryOut.model_fields if name != "shared"}
     return {**fields, "shared": memory.is_shared, **extra}
@@ -69,13 +89,18 @@ def memory_store(request: HttpRequest, payload: MemoryIn) -> Status[dict[str, ob
     user = require_staff(request)
     if payload.agent_id is not None and not Agent.objects.filter(pk=payload.agent_id).exists():
         raise HttpError(422, f"Agent {payload.agent_id} not found.")
+    if payload.public and "shared" in payload.model_fields_set and not payload.shared:
+        raise HttpError(
+            422, 'A public memory is seen by everyone, so it is shared: send "public": true without "shared": false.'
+        )
     try:
         stored = services.store_memory(
             content=payload.content,
             context_type=payload.context_type,
             source="api",
-            owner=None if payload.shared else user,
+            owner=None if payload.shared or payload.public else user,
             agent_id=payload.agent_id,
+            public=payload.public,
         )
     except services.InvalidMemory as exc:
         raise HttpError(422, str(exc)) from exc
@@ -90,9 +115,12 @@ def memory_search(
     limit: int = Query(5, ge=1, le=services.SEARCH_LIMIT_MAX),
     context_type: ContextType | None = None,
     agent_id: int | None = None,
+    all_users: bool = ALL_USERS,
 ) -> list[dict[str, object]]:
     user = require_staff(request)
-    hits = services.search_memories(q, user=user, agent_id=agent_id, context_type=context_type, limit=limit)
+    hits = services.search_memories(
+        q, user=user, agent_id=agent_id, context_type=context_type, limit=limit, all_users=_scope(user, all_users)
+    )
     return [_out(hit.memory, score=hit.score, similarity=hit.similarity) for hit in hits]
 
 
@@ -101,18 +129,28 @@ def memory_context(
     request: HttpRequest,
     q: str = Query(..., min_length=1, max_length=2000),
     max_tokens: int = Query(1000, ge=1, le=8000),
+    all_users: bool = ALL_USERS,
 ) -> dict[str, str]:
     user = require_staff(request)
-    return {"context": services.get_memory_context(q, user=user, max_tokens=max_tokens)}
+    context = services.get_memory_context(q, user=user, max_tokens=max_tokens, all_users=_scope(user, all_users))
+    return {"context": context}
 
 
-@router.delete("/{memory_id}", response=ForgottenOut, summary="Forget a memory (kept, with the reason, unsearchable)")
+@router.delete(
+    "/{memory_id}",
+    response=ForgottenOut,
+    summary="Forget a memory (kept, with the reason, unsearchable)",
+    description="Your own memories and the shared ones. Another user's private memory is 404, or 403 for those "
+    "allowed to read it: only its owner can forget it.",
+)
 def memory_forget(request: HttpRequest, memory_id: int, payload: ForgetIn) -> MemoryEntry:
     user = require_staff(request)
     try:
         return services.forget(memory_id=memory_id, actor=user, reason=payload.reason)
     except services.MemoryNotFound as exc:
         raise HttpError(404, str(exc)) from exc
+    except services.MemoryNotAllowed as exc:
+        raise HttpError(403, str(exc)) from exc
     except services.MemoryAlreadyForgotten as exc:
         raise HttpError(409, str(exc)) from exc
     except services.InvalidMemory as exc:

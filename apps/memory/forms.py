@@ -23,7 +23,8 @@ class MemorySearchForm(forms.Form):
     everyone = forms.BooleanField(
         label="everyone's memories",
         required=False,
-        help_text="Staff only: search every user's private memories too, not just yours and the shared ones.",
+        help_text="Search every user's private memories too, not just yours and the shared ones (this needs the "
+        "permission “Can read other users' private memories”).",
     )
 
 
@@ -38,6 +39,12 @@ class FactForm(forms.Form):
         label="shared with everyone",
         required=False,
         help_text="A shared fact is seen by every user and by agents working for anyone; otherwise only you see it.",
+    )
+    public = forms.BooleanField(
+        label="public",
+        required=False,
+        help_text="A public fact is shared, and may also be told to strangers who pay for Timmy's chat "
+        "(POST /api/v1/serve/chat): their prompts get public memories only, never shared or private ones.",
     )
 
 

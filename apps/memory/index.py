@@ -16,6 +16,11 @@ Each index row carries the memory's scope (owner, context type, agent), so the v
 the search query itself: a search for 5 returns the 5 best rows the user may see, not 5 rows filtered after.
 On SQLite the owner is vec0's partition key, so a user's search never scans other users' codes. Only live
 memories are indexed: forgetting one removes its rows here.
+
+The owner column holds a visibility key rather than the user alone: the owner's id for a private memory, SHARED
+for a shared one, PUBLIC for a shared one marked public. A user's search asks for (their id, SHARED, PUBLIC), the
+paid chat's for (PUBLIC,) alone, so "public only" is a partition of its own on SQLite and the same indexed
+column on PostgreSQL: no extra column, and a limit of 5 still returns 5 public memories.
 """
 
 import re
@@ -29,6 +34,8 @@ from django.db import connection, transaction
 DIMENSIONS = 384
 # In the index, "nobody" is 0 (vec0 metadata columns cannot be NULL): a shared memory, or no agent.
 SHARED = 0
+# The owner key of a shared memory marked public (user ids are positive).
+PUBLIC = -1
 # HNSW looks at this many candidates before filtering; a scoped search that comes back short is redone exactly.
 HNSW_EF_SEARCH = 200
 # Fixed: changing them changes every stored code (a migration, then `memory_reindex --all`).
@@ -49,12 +56,20 @@ class IndexRow:
     owner_id: int | None
     context_type: str
     agent_id: int | None
+    public: bool = False
+
+
+def owner_key(owner_id: int | None, public: bool) -> int:
+    """The visibility key a memory is indexed under (see the module's docstring)."""
+    if public:
+        return PUBLIC
+    return owner_id or SHARED
 
 
 @dataclass(frozen=True)
 class Scope:
-    """Which memories a search may return. owner_ids None: everyone's (staff opting in); otherwise these owners'
-    (SHARED for the shared memories)."""
+    """Which memories a search may return. owner_ids None: everyone's (with the permission to read private
+    memories); otherwise these owner keys' (SHARED for the shared memories, PUBLIC for the public ones)."""
 
     owner_ids: tuple[int, ...] | None
     context_type: str | None = None
@@ -99,7 +114,7 @@ def index_add(rows: Sequence[IndexRow]) -> None:
     """Index memories (in the caller's transaction)."""
     if not rows:
         return
-    scoped = [(r.memory_id, r.owner_id or SHARED, r.context_type, r.agent_id or SHARED) for r in rows]
+    scoped = [(r.memory_id, owner_key(r.owner_id, r.public), r.context_type, r.agent_id or SHARED) for r in rows]
     with connection.cursor() as cursor:
         if _postgres():
             cursor.executemany(
@@ -155,19 +170,45 @@ def index_replace_vectors(rows: Sequence[tuple[int, np.ndarray]]) -> None:
             cursor.executemany(
                 "UPDATE memory_vectors SET embedding = %s WHERE memory_id = %s", [(_blob(v), m) for m, v in rows]
             )
-            # vec0 (0.1.9) takes a bit vector in INSERT but not in UPDATE: the code rows are written again.
             new_codes = dict(zip((m for m, _ in rows), codes(np.stack([v for _, v in rows])), strict=True))
-            cursor.execute(
-                "SELECT memory_id, owner_id, context_type, agent_id FROM memory_codes "
-                f"WHERE memory_id IN ({', '.join(['%s'] * len(new_codes))})",
-                list(new_codes),
-            )
-            scoped = cursor.fetchall()
-            cursor.executemany("DELETE FROM memory_codes WHERE memory_id = %s", [(m,) for m, *_ in scoped])
-            cursor.executemany(
-                "INSERT INTO memory_codes (memory_id, owner_id, code, context_type, agent_id) "
-                "VALUES (%s, %s, vec_bit(%s), %s, %s)",
-                [(m, o, new_codes[m].tobytes(), c, a) for m, o, c, a in scoped],
+            _sqlite_rewrite_codes(cursor, new_codes)
+
+
+def _sqlite_rewrite_codes(cursor: Any, new_codes: dict[int, np.ndarray], *, owner: int | None = None) -> None:
+    """Write the code rows of these memories again, with new codes, or (owner) under another owner key: vec0
+    (0.1.9) takes a bit vector in INSERT but not in UPDATE, and cannot move a row to another partition."""
+    cursor.execute(
+        "SELECT memory_id, owner_id, context_type, agent_id FROM memory_codes "
+        f"WHERE memory_id IN ({', '.join(['%s'] * len(new_codes))})",
+        list(new_codes),
+    )
+    scoped = cursor.fetchall()
+    cursor.executemany("DELETE FROM memory_codes WHERE memory_id = %s", [(m,) for m, *_ in scoped])
+    cursor.executemany(
+        "INSERT INTO memory_codes (memory_id, owner_id, code, context_type, agent_id) "
+        "VALUES (%s, %s, vec_bit(%s), %s, %s)",
+        [(m, o if owner is None else owner, new_codes[m].tobytes(), c, a) for m, o, c, a in scoped],
+    )
+
+
+def index_set_owner(memory_ids: Sequence[int], owner: int) -> None:
+    """Index memories under another owner key (a shared memory marked public or not public); memories not in the
+    index (forgotten ones) are left out."""
+    if not memory_ids:
+        return
+    with connection.cursor() as cursor:
+        if _postgres():
+            for table in ("memory_vectors", "memory_fts"):
+                cursor.executemany(
+                    f"UPDATE {table} SET owner_id = %s WHERE memory_id = %s", [(owner, m) for m in memory_ids]
+                )
+            return
+        cursor.executemany("UPDATE memory_fts SET owner_id = %s WHERE rowid = %s", [(owner, m) for m in memory_ids])
+        vectors = index_vectors(memory_ids)
+        if vectors:
+            found = list(vectors)
+            _sqlite_rewrite_codes(
+                cursor, dict(zip(found, codes(np.stack([vectors[m] for m in found])), strict=True)), owner=owner
             )
 
 

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -26,6 +27,8 @@ class MemoryEntry(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="memories"
     )
+    # A shared memory the paid chat (L402, strangers) may draw on; only ever set on purpose, never by an agent.
+    public = models.BooleanField(default=False)
     embedding_model = models.CharField(max_length=100)
     embedding_dimensions = models.PositiveSmallIntegerField()
     # sha256 of the normalised content: exact duplicates in one scope are found by it.
@@ -39,6 +42,10 @@ class MemoryEntry(models.Model):
         db_table = "memory_entries"
         ordering = ["-id"]
         verbose_name_plural = "memory entries"
+        permissions = [("view_private_memories", "Can read other users' private memories")]
+        constraints = [
+            models.CheckConstraint(condition=Q(public=False) | Q(owner__isnull=True), name="memory_public_is_shared")
+        ]
         indexes = [
             models.Index(fields=["content_hash", "owner"], name="memory_hash_owner_idx"),
             models.Index(fields=["owner", "context_type", "id"], name="memory_owner_type_idx"),

@@ -1,5 +1,6 @@
-"""Reads for the memory page. Every function takes the user and returns only the memories that user may see (their
-own and the shared ones, services.visible_owner_ids), live ones only: forgotten memories are for the admin."""
+"""Reads for the memory page and the admin. Every function takes the user and returns only the memories that user
+may see (their own, the shared and the public ones, services.visible_owner_ids); the page's are live ones only:
+forgotten memories are for the admin."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,15 +21,27 @@ class AgentCount:
     count: int
 
 
-def _in_scope(user: services.User, *, all_users: bool = False) -> QuerySet[MemoryEntry]:
-    """The memories `user` may see, forgotten ones included."""
+def _scope(user: services.User, *, all_users: bool = False) -> Q:
     owners = services.visible_owner_ids(user, all_users=all_users)
     if owners is None:
-        return MemoryEntry.objects.all()
-    scope = Q(owner_id__in=[pk for pk in owners if pk != index.SHARED])
+        return Q()
+    scope = Q(owner_id__in=[pk for pk in owners if pk not in (index.SHARED, index.PUBLIC)])
     if index.SHARED in owners:
-        scope |= Q(owner__isnull=True)
-    return MemoryEntry.objects.filter(scope)
+        scope |= Q(owner__isnull=True, public=False)
+    if index.PUBLIC in owners:
+        scope |= Q(owner__isnull=True, public=True)
+    return scope
+
+
+def _in_scope(user: services.User, *, all_users: bool = False) -> QuerySet[MemoryEntry]:
+    """The memories `user` may see, forgotten ones included."""
+    return MemoryEntry.objects.filter(_scope(user, all_users=all_users))
+
+
+def memories_for_admin(queryset: QuerySet[MemoryEntry], user: services.User) -> QuerySet[MemoryEntry]:
+    """The admin's memories, forgotten ones included: everyone's for those who may read other users' private
+    memories, the user's own and the shared ones for the others."""
+    return queryset.filter(_scope(user, all_users=services.can_read_private(user)))
 
 
 def memories_visible(user: services.User, *, all_users: bool = False) -> QuerySet[MemoryEntry]:

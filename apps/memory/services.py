@@ -1,8 +1,9 @@
 """Semantic memory (ADR-019): store, search by meaning and keywords, pack context for a prompt, forget.
 
-Visibility: a memory belongs to its owner, or to everyone when it has none (shared). Every search is scoped
-inside the index query (apps.memory.index), so nobody is shown another user's private memory, and a limit of 5
-returns 5 visible memories.
+Visibility: a memory belongs to its owner, or to everyone when it has none (shared). A shared memory may also be
+marked public: only public memories reach strangers (the paid chat). Reading other users' private memories needs
+the permission PRIVATE_PERMISSION. Every search is scoped inside the index query (apps.memory.index), so nobody
+is shown a memory outside their scope, and a limit of 5 returns 5 visible memories.
 """
 
 import hashlib
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, PermissionsMixin
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -28,6 +29,8 @@ CONTENT_MAX = 20_000
 RRF_K = 60
 SEARCH_LIMIT_MAX = 50
 REASON_MAX = 300
+# Reading other users' private memories and chats: superusers have it, other staff only when granted.
+PRIVATE_PERMISSION = "memory.view_private_memories"
 
 
 class MemoryError(Exception):
@@ -46,6 +49,18 @@ class MemoryAlreadyForgotten(MemoryError):
     pass
 
 
+class MemoryNotAllowed(MemoryError, PermissionError):
+    pass
+
+
+class MemoryNotShared(MemoryError):
+    """Only a shared memory can be public."""
+
+
+class MemoryUnchanged(MemoryError):
+    """The memory already is what it was asked to become (public or not public)."""
+
+
 @dataclass(frozen=True)
 class NewMemory:
     content: str
@@ -56,6 +71,7 @@ class NewMemory:
     task_id: int | None = None
     session_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    public: bool = False  # shared memories only
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,8 @@ class Stored:
     created: bool
     # "" for a new memory; "exact" or "near" when an existing one was bumped instead.
     duplicate: str = ""
+    # A public memory that duplicated a shared one made that one public.
+    published: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,14 +110,36 @@ def _owner_key(owner: Any) -> int:
     return owner.pk if owner is not None else index.SHARED
 
 
-def visible_owner_ids(user: User, *, all_users: bool = False) -> tuple[int, ...] | None:
-    """The owners whose memories `user` may see: their own and the shared ones; None (everyone's) only for
-    staff who ask for it."""
-    if all_users and getattr(user, "is_staff", False):
+def _same_owner_keys(owner: Any) -> tuple[int, ...]:
+    """The index keys of the memories of the same owner: for a shared memory, the public ones too."""
+    return (owner.pk,) if owner is not None else (index.SHARED, index.PUBLIC)
+
+
+def can_read_private(user: User) -> bool:
+    """Whether `user` may read other users' private memories and chat transcripts."""
+    return isinstance(user, PermissionsMixin) and user.has_perm(PRIVATE_PERMISSION)
+
+
+def private_permission_refusal() -> str:
+    return (
+        "Reading other users' private memories needs the permission “Can read other users' private memories” "
+        f"({PRIVATE_PERMISSION}); an admin grants it on your user page in the admin."
+    )
+
+
+def visible_owner_ids(user: User, *, all_users: bool = False, public_only: bool = False) -> tuple[int, ...] | None:
+    """The index owner keys whose memories `user` may see: their own, the shared and the public ones; None
+    (everyone's) when they ask for it and hold PRIVATE_PERMISSION (MemoryNotAllowed otherwise); only the public
+    ones with public_only (for strangers: the paid chat)."""
+    if public_only:
+        return (index.PUBLIC,)
+    if all_users:
+        if not can_read_private(user):
+            raise MemoryNotAllowed(private_permission_refusal())
         return None
     if user.is_authenticated and user.pk is not None:
-        return (int(user.pk), index.SHARED)
-    return (index.SHARED,)
+        return (int(user.pk), index.SHARED, index.PUBLIC)
+    return (index.SHARED, index.PUBLIC)
 
 
 @dataclass(frozen=True)
@@ -120,6 +160,8 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
             raise InvalidMemory(
                 f"Unknown context type {item.context_type!r}; one of {', '.join(MemoryEntry.ContextType.values)}."
             )
+        if item.public and item.owner is not None:
+            raise InvalidMemory("A public memory is seen by everyone: it must be shared, not someone's own.")
     if not items:
         return []
     embedder = get_embedder()
@@ -129,6 +171,19 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
     with transaction.atomic():
         duplicates = [None] * len(items) if keep_both else _find_duplicates(items, vectors, digests)
         new = [i for i, duplicate in enumerate(duplicates) if duplicate is None]
+        # A public item that duplicates a shared one makes that one public: it is what was asked to be public.
+        public = {i for i in new if items[i].public}
+        publish: dict[int, MemoryEntry] = {}
+        for i in range(len(items)):
+            if not items[i].public or duplicates[i] is None:
+                continue
+            first = i
+            while (duplicate := duplicates[first]) is not None and not isinstance(duplicate.target, MemoryEntry):
+                first = duplicate.target  # an earlier item of the batch, itself perhaps a duplicate
+            if duplicate is None:
+                public.add(first)
+            elif isinstance(duplicate.target, MemoryEntry) and not duplicate.target.public:
+                publish[i] = duplicate.target
         created = MemoryEntry.objects.bulk_create(
             [
                 MemoryEntry(
@@ -141,6 +196,7 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
                     metadata=items[i].metadata,
                     timestamp=now,
                     owner=items[i].owner,
+                    public=i in public,
                     embedding_model=embedder.name,
                     embedding_dimensions=len(vectors[i]),
                     content_hash=digests[i],
@@ -151,7 +207,7 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
         memories: dict[int, MemoryEntry] = dict(zip(new, created, strict=True))
         index.index_add(
             [
-                index.IndexRow(m.pk, vectors[i], m.content, m.owner_id, m.context_type, m.agent_id)
+                index.IndexRow(m.pk, vectors[i], m.content, m.owner_id, m.context_type, m.agent_id, m.public)
                 for i, m in memories.items()
             ]
         )
@@ -167,6 +223,7 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
                     "memory_id": memory.pk,
                     "context_type": memory.context_type,
                     "shared": memory.is_shared,
+                    "public": memory.public,
                     "characters": len(memory.content),
                     "embedding_model": memory.embedding_model,
                 },
@@ -179,11 +236,17 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
                 bumps[memories[i].pk] = bumps.get(memories[i].pk, 0) + 1
         for pk, times in bumps.items():
             MemoryEntry.objects.filter(pk=pk).update(access_count=F("access_count") + times, last_accessed_at=now)
+        published = {i for i, m in publish.items() if _publish(m, public=True, source=items[i].source)}
     bumped = MemoryEntry.objects.in_bulk(list(bumps))
     return [
         Stored(memories[i], created=True)
         if duplicate is None
-        else Stored(bumped.get(memories[i].pk, memories[i]), created=False, duplicate=duplicate.kind)
+        else Stored(
+            bumped.get(memories[i].pk, memories[i]),
+            created=False,
+            duplicate=duplicate.kind,
+            published=i in published,
+        )
         for i, duplicate in enumerate(duplicates)
     ]
 
@@ -198,9 +261,10 @@ def store_memory(
     task_id: int | None = None,
     session_id: str = "",
     metadata: dict[str, Any] | None = None,
+    public: bool = False,
     keep_both: bool = False,
 ) -> Stored:
-    item = NewMemory(content, context_type, source, owner, agent_id, task_id, session_id, metadata or {})
+    item = NewMemory(content, context_type, source, owner, agent_id, task_id, session_id, metadata or {}, public)
     return store_memories([item], keep_both=keep_both)[0]
 
 
@@ -228,7 +292,7 @@ def _find_duplicates(items: Sequence[NewMemory], vectors: Any, digests: list[str
         if earlier:
             found.append(_Duplicate("near", int(earlier[0])))
             continue
-        nearest = index.vector_search(vectors[i], scope=index.Scope(owner_ids=(_owner_key(item.owner),)), k=1)
+        nearest = index.vector_search(vectors[i], scope=index.Scope(owner_ids=_same_owner_keys(item.owner)), k=1)
         same = None
         if nearest and nearest[0][1] >= threshold:
             same = MemoryEntry.objects.filter(pk=nearest[0][0], deleted_at__isnull=True).first()
@@ -244,16 +308,16 @@ def search_memories(
     context_type: str | None = None,
     limit: int = 5,
     all_users: bool = False,
+    public_only: bool = False,
 ) -> list[Hit]:
-    """The memories `user` may see that best match `query`, by meaning and by keywords (reciprocal rank
-    fusion), best first."""
+    """The memories `user` may see (visible_owner_ids) that best match `query`, by meaning and by keywords
+    (reciprocal rank fusion), best first."""
+    owner_ids = visible_owner_ids(user, all_users=all_users, public_only=public_only)
     query = clean_multiline_text(query).strip()
     limit = max(1, min(limit, SEARCH_LIMIT_MAX))
     if not query:
         return []
-    scope = index.Scope(
-        owner_ids=visible_owner_ids(user, all_users=all_users), context_type=context_type, agent_id=agent_id
-    )
+    scope = index.Scope(owner_ids=owner_ids, context_type=context_type, agent_id=agent_id)
     depth = max(limit * 4, 20)
     by_vector = index.vector_search(get_embedder().embed_one(query), scope=scope, k=depth)
     by_keyword = index.keyword_search(query, scope=scope, k=depth)
@@ -273,14 +337,30 @@ def search_memories(
 
 
 def get_memory_context(
-    query: str, *, user: User, max_tokens: int = 1000, agent_id: int | None = None, context_type: str | None = None
+    query: str,
+    *,
+    user: User,
+    max_tokens: int = 1000,
+    agent_id: int | None = None,
+    context_type: str | None = None,
+    all_users: bool = False,
+    public_only: bool = False,
 ) -> str:
     """The best memories for `query` that fit in about `max_tokens` (four characters a token), one per line,
-    ready to put in a prompt; "" when nothing relevant is remembered."""
+    ready to put in a prompt; "" when nothing relevant is remembered. Scoped as search_memories."""
     budget = max(0, max_tokens) * 4
     lines: list[str] = []
     used = 0
-    for hit in search_memories(query, user=user, agent_id=agent_id, context_type=context_type, limit=10):
+    hits = search_memories(
+        query,
+        user=user,
+        agent_id=agent_id,
+        context_type=context_type,
+        limit=10,
+        all_users=all_users,
+        public_only=public_only,
+    )
+    for hit in hits:
         memory = hit.memory
         prefix = f"- [{memory.context_type}, {memory.timestamp:%Y-%m-%d}] "
         room = budget - used - len(prefix) - 1
@@ -296,17 +376,23 @@ def get_memory_context(
 
 def memory_visible(memory: MemoryEntry, user: User, *, all_users: bool = False) -> bool:
     owners = visible_owner_ids(user, all_users=all_users)
-    return owners is None or _owner_key(memory.owner) in owners
+    return owners is None or index.owner_key(memory.owner_id, memory.public) in owners
 
 
 def forget(*, memory_id: int, actor: User, reason: str) -> MemoryEntry:
-    """Soft-delete a memory the actor may see (its owner, or staff for shared ones): kept with the reason, gone
-    from every search."""
+    """Soft-delete a memory of the actor's own, or a shared one (staff): kept with the reason, gone from every
+    search. Another user's private memory is not found, or, for those allowed to read it, not theirs to forget."""
     reason = clean_multiline_text(reason).strip()
     if not reason:
         raise InvalidMemory("Say why this memory should be forgotten.")
     memory = MemoryEntry.objects.filter(pk=memory_id).first()
-    if memory is None or not memory_visible(memory, actor):
+    if memory is None:
+        raise MemoryNotFound(f"Memory {memory_id} not found.")
+    if not memory_visible(memory, actor):
+        if can_read_private(actor):
+            raise MemoryNotAllowed(
+                f"Memory {memory_id} is another user's private memory: only its owner can forget it."
+            )
         raise MemoryNotFound(f"Memory {memory_id} not found.")
     if memory.is_shared and not getattr(actor, "is_staff", False):
         raise MemoryNotFound(f"Memory {memory_id} is shared: only staff can forget it.")
@@ -326,6 +412,48 @@ def forget(*, memory_id: int, actor: User, reason: str) -> MemoryEntry:
         )
     memory.refresh_from_db()
     return memory
+
+
+def _publish(memory: MemoryEntry, *, public: bool, source: str, by: str = "") -> bool:
+    """Mark a live shared memory public or not, in its row and in the index, with its event (in the caller's
+    transaction); False when it was not (forgotten, private, or already so). `by`: the user, when known."""
+    changed = MemoryEntry.objects.filter(
+        pk=memory.pk, owner__isnull=True, deleted_at__isnull=True, public=not public
+    ).update(public=public)
+    if not changed:
+        return False
+    index.index_set_owner([memory.pk], index.PUBLIC if public else index.SHARED)
+    log_event(
+        "memory.published" if public else "memory.unpublished",
+        source=source,
+        agent_id=memory.agent_id,
+        task_id=memory.task_id,
+        data={"memory_id": memory.pk, "public": public, **({"by": by} if by else {})},
+    )
+    memory.public = public
+    return True
+
+
+def memory_set_public(*, memory_id: int, public: bool, actor: User) -> MemoryEntry:
+    """Mark a shared memory public, so the paid chat (strangers) may draw on it, or not public again. Staff only.
+
+    Raises MemoryNotFound, MemoryNotAllowed (not staff), MemoryNotShared (a private memory),
+    MemoryAlreadyForgotten, or MemoryUnchanged when it already is.
+    """
+    if not getattr(actor, "is_staff", False):
+        raise MemoryNotAllowed("Only staff can make a memory public or not public.")
+    memory = MemoryEntry.objects.filter(pk=memory_id).first()
+    if memory is None or not memory_visible(memory, actor, all_users=can_read_private(actor)):
+        raise MemoryNotFound(f"Memory {memory_id} not found.")
+    with transaction.atomic():
+        if _publish(memory, public=public, source="memory", by=actor.get_username()):
+            return memory
+    memory.refresh_from_db()
+    if not memory.is_shared:
+        raise MemoryNotShared(f"Memory {memory_id} is private: only a shared memory can be public.")
+    if memory.is_deleted:
+        raise MemoryAlreadyForgotten(f"Memory {memory_id} was forgotten.")
+    raise MemoryUnchanged(f"Memory {memory_id} is already {'public' if public else 'not public'}.")
 
 
 def reindex(

@@ -29,6 +29,7 @@ def _page_context(
 ) -> dict[str, Any]:
     facts = selectors.facts_visible(request.user)
     return {
+        "can_read_everyone": services.can_read_private(request.user),
         "counts_by_type": (counts := selectors.memory_counts_by_type(request.user)),
         "total": sum(counts.values()),
         "counts_by_agent": selectors.memory_counts_by_agent(request.user),
@@ -49,9 +50,17 @@ def _page(
     *,
     hits: list[services.Hit] | None = None,
     status: int = 200,
+    everyone: bool = False,
+    everyone_refused: str = "",
     **extra: Any,
 ) -> HttpResponse:
-    context = {"search_form": search_form, "hits": hits, **_page_context(request, **extra)}
+    context = {
+        "search_form": search_form,
+        "hits": hits,
+        "everyone": everyone,
+        "everyone_refused": everyone_refused,
+        **_page_context(request, **extra),
+    }
     return render(request, "memory/index.html", context, status=status)
 
 
@@ -70,28 +79,37 @@ def _after_fact_change(request: HtmxHttpRequest, *, invalid: bool = False, **ext
 @staff_required
 @require_safe
 def index(request: HtmxHttpRequest) -> HttpResponse:
-    """The page; with a query, its search results too (htmx: the results alone)."""
+    """The page; with a query, its search results too (htmx: the results alone).
+
+    everyone=on from a user without the permission to read other users' private memories (an old link, a shared
+    bookmark) searches their own scope, and the results say so: a search page that answers 403 would only hide why.
+    """
     form = MemorySearchForm(request.GET or None)
     hits: list[services.Hit] | None = None
     status = 200
+    everyone, everyone_refused = False, ""
     if form.is_bound:
         if form.is_valid():
             data = form.cleaned_data
             agent = data["agent"]
+            everyone = data["everyone"] and services.can_read_private(request.user)
+            if data["everyone"] and not everyone:
+                everyone_refused = services.private_permission_refusal()
             hits = services.search_memories(
                 data["q"],
                 user=request.user,
                 agent_id=agent.pk if agent else None,
                 context_type=data["context_type"] or None,
                 limit=SEARCH_LIMIT,
-                all_users=data["everyone"] and request.user.is_staff,
+                all_users=everyone,
             )
             selectors.with_relations([hit.memory for hit in hits])
         else:
             status = 400
     if request.htmx and not request.htmx.history_restore_request:
-        return render(request, "memory/_results.html", {"search_form": form, "hits": hits}, status=status)
-    return _page(request, form, hits=hits, status=status)
+        context = {"search_form": form, "hits": hits, "everyone": everyone, "everyone_refused": everyone_refused}
+        return render(request, "memory/_results.html", context, status=status)
+    return _page(request, form, hits=hits, status=status, everyone=everyone, everyone_refused=everyone_refused)
 
 
 @staff_required
@@ -99,27 +117,33 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
 def fact_add(request: HtmxHttpRequest) -> HttpResponse:
     form = FactForm(request.POST)
     if form.is_valid():
-        shared = form.cleaned_data["shared"]
+        # Public is "shared, and strangers too": ticking it alone cannot mean a private public fact.
+        public = form.cleaned_data["public"]
+        shared = form.cleaned_data["shared"] or public
         try:
             stored = services.store_memory(
                 content=form.cleaned_data["content"],
                 context_type=MemoryEntry.ContextType.FACT,
                 source=PAGE_SOURCE,
                 owner=None if shared else request.user,
+                public=public,
             )
         except services.InvalidMemory as exc:
             form.add_error("content", str(exc))
         else:
             memory = stored.memory
             if stored.created:
-                who = "everyone sees it" if shared else "only you see it"
+                who = "only you see it"
+                if shared:
+                    who = "everyone sees it; public: the paid chat may use it" if public else "everyone sees it"
                 messages.success(request, f"Remembered fact {memory.pk} ({who}).")
             else:
                 how = "the same words" if stored.duplicate == "exact" else "nearly the same meaning"
+                published = " It is public now: the paid chat may use it." if stored.published else ""
                 messages.info(
                     request,
                     f"Already known, with {how}, as {memory.context_type} {memory.pk}, so not stored again: "
-                    f"“{Truncator(memory.content).chars(KNOWN_PREVIEW)}”",
+                    f"“{Truncator(memory.content).chars(KNOWN_PREVIEW)}”{published}",
                 )
             return _after_fact_change(request, known_id=memory.pk)
     return _after_fact_change(request, fact_form=form, invalid=True)

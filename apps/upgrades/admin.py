@@ -21,7 +21,7 @@ CONFIRMATION_TEMPLATE = "admin/upgrades/upgrade/action_confirmation.html"
 MAIN_FIELDS = ("description", "instruction", "status", "risk", "auto_approved", "attempts")
 GIT_FIELDS = (
     "repo_path", "target_branch", "branch", "worktree_path", "files_changed", "base_commit", "head_commit",
-    "applied_commit", "replaced_commit", "revert_commit", "claimed_by",
+    "applied_commit", "replaced_commit", "revert_commit", "claimed_by", "lease_expires_at", "apply_attempts",
 )  # fmt: skip
 DECISION_FIELDS = (
     "proposed_at", "approved_at", "approved_by", "rejected_at", "rejected_by", "rejection_reason", "applied_at",
@@ -274,7 +274,7 @@ class UpgradeRequestAdmin(admin.ModelAdmin):
     raw_id_fields = ["task", "upgrade"]
     readonly_fields = (
         "instruction", "status", "requested_by", "task", "upgrade", "error_message", "created_at", "claimed_by",
-        "finished_at",
+        "lease_expires_at", "attempts", "finished_at",
     )  # fmt: skip
     fields = readonly_fields
 

@@ -26,6 +26,9 @@ import git
 
 SYMLINK_MODE = 0o120000
 GITLINK_MODE = 0o160000
+# Modes as `git diff --raw` writes them; "000000" is the side where the file does not exist.
+REGULAR_FILE_MODE = "100644"
+NO_FILE_MODE = "000000"
 KILL_WAIT_SECONDS = 5
 
 RiskLevel = Literal["low", "medium", "high"]
@@ -67,6 +70,8 @@ class FileEdit:
 class DiffSummary:
     files_changed: list[str]
     deleted: list[str]
+    # Files whose mode changes, and new files that are not plain files (executable, symlink, submodule).
+    mode_changes: list[str]
     added_lines: int
     removed_lines: int
     diff: str
@@ -178,7 +183,7 @@ def create_worktree(repo_path: Path, *, branch: str, base: str, worktrees_dir: P
         if _resolve(repo, f"refs/heads/{branch}") is not None:
             raise GitOpsError(f"branch {branch} already exists")
         base_sha = _sha(repo, base)
-        worktrees_dir.mkdir(parents=True, exist_ok=True)
+        worktrees_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = worktrees_dir.resolve() / _safe_name(branch)
         if path.exists():
             raise GitOpsError(f"{path} already exists")
@@ -195,7 +200,7 @@ def merged_worktree(
     with git.Repo(repo_path) as repo:
         target_sha = _branch_sha(repo, target_branch)
         branch_sha = _branch_sha(repo, branch)
-        worktrees_dir.mkdir(parents=True, exist_ok=True)
+        worktrees_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = worktrees_dir.resolve() / f"{_safe_name(branch)}-on-{target_sha[:12]}"
         if path.exists():
             raise GitOpsError(f"{path} already exists")
@@ -214,6 +219,20 @@ def merged_worktree(
             _remove_registered_worktree(repo, path)
             raise
     return MergedTree(path=path, target_sha=target_sha)
+
+
+def discard_branch(repo_path: Path, branch: str) -> None:
+    """Delete `branch` and the worktree it is checked out in, if they exist (a draft left behind by a worker that
+    died). Refuses the live tree's branch."""
+    with git.Repo(repo_path) as repo:
+        if _resolve(repo, f"refs/heads/{branch}") is None:
+            return
+        if _live_branch(repo) == branch:
+            raise GitOpsError(f"refusing to delete {branch}: it is checked out in the live working tree")
+        elsewhere = _worktree_of_branch(repo, branch)
+        if elsewhere is not None:
+            _remove_registered_worktree(repo, Path(elsewhere))
+        repo.git.branch("-D", branch)
 
 
 def remove_worktree(repo_path: Path, worktree: Path, *, branch: str | None = None) -> None:
@@ -254,6 +273,7 @@ def diff_summary(repo_path: Path, base: str, head: str, *, preview_lines: int = 
         options = ["--no-color", "--no-ext-diff", "--no-renames"]
         numstat = repo.git.diff(*options, "--numstat", "-z", span)
         deleted = [p for p in repo.git.diff(*options, "--name-only", "-z", "--diff-filter=D", span).split("\0") if p]
+        raw = repo.git.diff(*options, "--raw", "-z", span)
         text = repo.git.diff(*options, "--src-prefix=a/", "--dst-prefix=b/", span)
     files: list[str] = []
     added = removed = 0
@@ -270,15 +290,38 @@ def diff_summary(repo_path: Path, base: str, head: str, *, preview_lines: int = 
     if len(lines) > preview_lines:
         preview = "\n".join([*lines[:preview_lines], f"… {len(lines) - preview_lines} more lines"])
     return DiffSummary(
-        files_changed=files, deleted=deleted, added_lines=added, removed_lines=removed, diff=text, preview=preview
+        files_changed=files,
+        deleted=deleted,
+        mode_changes=_mode_changes(raw),
+        added_lines=added,
+        removed_lines=removed,
+        diff=text,
+        preview=preview,
     )
+
+
+def _mode_changes(raw: str) -> list[str]:
+    # `git diff --raw -z`: ":<old mode> <new mode> <old sha> <new sha> <status>\0<path>\0" per file (no renames).
+    fields = raw.split("\0")
+    changed: list[str] = []
+    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+        if not meta.startswith(":"):
+            continue
+        old_mode, new_mode = meta[1:].split(" ", 2)[:2]
+        if NO_FILE_MODE not in (old_mode, new_mode) and old_mode != new_mode:
+            changed.append(path)  # e.g. made executable, or a file replaced by a symlink
+        elif old_mode == NO_FILE_MODE and new_mode != REGULAR_FILE_MODE:
+            changed.append(path)  # created executable, as a symlink or as a submodule
+    return changed
 
 
 HIGH_RISK_PREFIXES = ("apps/ledger/", "apps/upgrades/", "timmy_site/")
 DOC_SUFFIXES = (".md", ".rst", ".txt")
 
 
-def risk_level(files_changed: Sequence[str], deleted: Sequence[str]) -> RiskLevel:
+def risk_level(files_changed: Sequence[str], deleted: Sequence[str], *, mode_changes: Sequence[str]) -> RiskLevel:
+    """High for deletions, migrations, settings, payments, the upgrades app and test code; low only for a change to
+    documentation with no mode change; medium otherwise."""
     if deleted:
         return "high"
     for path in files_changed:
@@ -286,7 +329,11 @@ def risk_level(files_changed: Sequence[str], deleted: Sequence[str]) -> RiskLeve
         dirs, name = parts[:-1], parts[-1]
         if "migrations" in dirs or "settings" in dirs or name == "settings.py" or path.startswith(HIGH_RISK_PREFIXES):
             return "high"
-    if all(_is_test(path) or _is_doc(path) for path in files_changed):
+        # The proposal's own test run is sandboxed, but whoever runs the suite later (the owner, CI) runs every
+        # conftest.py and test module with their full environment: a change there is code that will execute.
+        if _runs_with_the_tests(path):
+            return "high"
+    if not mode_changes and all(_is_doc(path) for path in files_changed):
         return "low"
     return "medium"
 
@@ -399,6 +446,24 @@ def merge_into_target(
 
         merge_sha = _commit_on_branch(repo, target_branch, previous, merge)
     return MergeResult(merge_sha=merge_sha, previous_sha=previous)
+
+
+def merge_of(repo_path: Path, *, target_branch: str, commit: str) -> MergeResult | None:
+    """How `commit` reached `target_branch`, or None if the target does not contain it: the commit on the target's
+    first-parent line that brought it in and the head that one replaced. For a commit that came in without a merge
+    (a fast-forward), that is the commit itself and its first parent."""
+    with git.Repo(repo_path) as repo:
+        target_sha = _branch_sha(repo, target_branch)
+        sha = _sha(repo, commit)
+        if not _is_ancestor(repo, sha, target_sha):
+            return None
+        # The oldest commit of the target's own line that descends from `commit`: its first parent does not.
+        line = repo.git.rev_list("--first-parent", "--ancestry-path", "--parents", "--reverse", f"{sha}..{target_sha}")
+        first = line.split("\n", 1)[0].split()
+        if not first or first[1] == sha:
+            parents = repo.commit(sha).parents
+            return MergeResult(merge_sha=sha, previous_sha=parents[0].hexsha if parents else "")
+        return MergeResult(merge_sha=first[0], previous_sha=first[1])
 
 
 def revert_merge(
@@ -646,10 +711,16 @@ def _changed_lines(old: str, new: str) -> int:
     return sum((i2 - i1) + (j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal")
 
 
-def _is_test(path: str) -> bool:
+# Files that decide what the test runner loads (plugins, addopts, the test command itself), wherever they are.
+TEST_RUNNER_FILES = frozenset({"pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini", "Makefile", "manage.py"})
+
+
+def _runs_with_the_tests(path: str) -> bool:
     parts = PurePosixPath(path).parts
     name = parts[-1]
-    return "tests" in parts[:-1] or (name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py")))
+    if name == "conftest.py" or name in TEST_RUNNER_FILES or "tests" in parts[:-1]:
+        return True
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
 
 
 def _is_doc(path: str) -> bool:

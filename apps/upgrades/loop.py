@@ -16,7 +16,7 @@ from django.conf import settings
 from django.utils.text import slugify
 
 from apps.providers import router
-from apps.upgrades import gitops, services
+from apps.upgrades import gitops, selectors, services
 from apps.upgrades.models import Upgrade
 
 SYSTEM_PROMPT = """You change a code base by writing whole files. Reply in exactly this format and nothing else:
@@ -92,11 +92,19 @@ def _ask(messages: list[dict[str, str]]) -> str:
 
 def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
     """Run the loop for `instruction` and propose the result. Raises DraftFailed when the model gave nothing
-    usable in SELF_MODIFY_MAX_ATTEMPTS tries (no upgrade is recorded then)."""
+    usable in SELF_MODIFY_MAX_ATTEMPTS tries (no upgrade is recorded then).
+
+    For a change request drafted again after its worker died: the upgrade that worker proposed, if it got that far;
+    otherwise its branch and worktree are discarded and the draft starts over."""
     where = target()
-    base = gitops.head_sha(where.repo, where.branch)
     suffix = str(request_id) if request_id is not None else uuid.uuid4().hex[:8]
     branch = f"self-modify/{slugify(instruction)[:40].strip('-') or 'change'}-{suffix}"
+    if request_id is not None:
+        earlier = selectors.upgrade_on_branch(repo_path=str(where.repo), branch=branch)
+        if earlier is not None:
+            return earlier
+        gitops.discard_branch(where.repo, branch)
+    base = gitops.head_sha(where.repo, where.branch)
     messages = [
         {
             "role": "user",
@@ -237,7 +245,7 @@ def _propose(
             files_changed=summary.files_changed,
             diff=summary.diff,
             diff_preview=summary.preview,
-            risk=gitops.risk_level(summary.files_changed, summary.deleted),
+            risk=gitops.risk_level(summary.files_changed, summary.deleted, mode_changes=summary.mode_changes),
             test_results=services.test_results_of(run, settings.SELF_MODIFY_TEST_COMMAND),
             attempts=attempts,
             error_message=error[:4000],

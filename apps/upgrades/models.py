@@ -63,8 +63,10 @@ class Upgrade(models.Model):
     replaced_commit = models.CharField(max_length=40, blank=True)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
     revert_commit = models.CharField(max_length=40, blank=True)
-    # Set while a worker applies it.
+    # Set while a worker applies it; a lease that runs out means that worker died (recover_stale_upgrades).
     claimed_by = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    apply_attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         db_table = "upgrades"
@@ -101,7 +103,10 @@ class UpgradeRequest(models.Model):
     upgrade = models.ForeignKey(Upgrade, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests")
     error_message = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set while a worker drafts it, as for an upgrade being applied.
     claimed_by = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

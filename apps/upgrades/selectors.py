@@ -43,6 +43,10 @@ def upgrade_requests_open() -> list[UpgradeRequest]:
     return list(qs.select_related("requested_by").order_by("id"))
 
 
+def upgrade_on_branch(*, repo_path: str, branch: str) -> Upgrade | None:
+    return Upgrade.objects.filter(repo_path=repo_path, branch=branch).order_by("id").first()
+
+
 def upgrade_pending_count() -> int:
     return Upgrade.objects.filter(status=Upgrade.Status.PROPOSED).count()
 

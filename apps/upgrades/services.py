@@ -13,8 +13,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
+from apps.core.leases import LeaseKeeper
 from apps.events.services import clean_multiline_text, log_event
 from apps.upgrades import gitops
 from apps.upgrades.models import Risk, Upgrade, UpgradeRequest
@@ -34,6 +36,10 @@ class UpgradeNotFound(UpgradeError, LookupError):
 
 class UpgradeWrongState(UpgradeError):
     """The upgrade is not in a state this move starts from (the message says which it is in)."""
+
+
+class UpgradeClaimLost(UpgradeWrongState):
+    """The worker stalled past its lease and the upgrade (or request) was given back: its outcome is not recorded."""
 
 
 class UpgradeNotAllowed(UpgradeError, PermissionError):
@@ -83,10 +89,25 @@ def _move(
     if upgrade is None:
         raise UpgradeNotFound(f"Upgrade {upgrade_id} not found.")
     if not moved:
+        holder = (where or {}).get("claimed_by")
+        if holder is not None and upgrade.status in from_states:
+            raise UpgradeClaimLost(
+                f"Upgrade {upgrade_id} is no longer claimed by {holder} (claimed by {upgrade.claimed_by or 'nobody'})."
+            )
         raise UpgradeWrongState(
             f"Upgrade {upgrade_id} is {upgrade.status}; only a {' or '.join(from_states)} upgrade can become {to}."
         )
     return upgrade
+
+
+def _lease_end(lease_seconds: int | None = None) -> datetime:
+    # Tasks, upgrades being applied and requests being drafted share one lease length and one attempt limit.
+    return timezone.now() + timedelta(seconds=settings.TASK_LEASE_SECONDS if lease_seconds is None else lease_seconds)
+
+
+def _stale(now: datetime) -> Q:
+    # A claim with no lease at all was taken before claims had leases: its worker is long gone too.
+    return ~Q(claimed_by="") & (Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True))
 
 
 @dataclass(frozen=True)
@@ -207,43 +228,77 @@ def upgrade_time_out(*, upgrade: Upgrade) -> Upgrade:
     return expired
 
 
-def upgrade_claim(*, worker_id: str) -> Upgrade | None:
-    """The oldest approved upgrade no worker is applying, claimed by this one."""
+def upgrade_claim(*, worker_id: str, lease_seconds: int | None = None) -> Upgrade | None:
+    """The oldest approved upgrade no worker is applying, claimed by this one for a lease (TASK_LEASE_SECONDS) that
+    it renews while it applies; recover_stale_upgrades gives back the claims of workers that died."""
     for upgrade_id in (
         Upgrade.objects.filter(status=Upgrade.Status.APPROVED, claimed_by="")
         .order_by("id")
         .values_list("id", flat=True)[:5]
     ):
-        if Upgrade.objects.filter(pk=upgrade_id, status=Upgrade.Status.APPROVED, claimed_by="").update(
-            claimed_by=worker_id
-        ):
-            return Upgrade.objects.get(pk=upgrade_id)
+        with transaction.atomic():
+            if not Upgrade.objects.filter(pk=upgrade_id, status=Upgrade.Status.APPROVED, claimed_by="").update(
+                claimed_by=worker_id, lease_expires_at=_lease_end(lease_seconds), apply_attempts=F("apply_attempts") + 1
+            ):
+                continue
+            upgrade = Upgrade.objects.get(pk=upgrade_id)
+            _log(upgrade, "upgrade.applying", None, worker=worker_id, attempt=upgrade.apply_attempts)
+        return upgrade
     return None
 
 
+def upgrade_lease_renew(*, upgrade_id: int, worker_id: str, lease_seconds: int | None = None) -> bool:
+    return bool(
+        Upgrade.objects.filter(pk=upgrade_id, status=Upgrade.Status.APPROVED, claimed_by=worker_id).update(
+            lease_expires_at=_lease_end(lease_seconds)
+        )
+    )
+
+
+def _held_by(worker_id: str | None) -> dict[str, Any] | None:
+    return None if worker_id is None else {"claimed_by": worker_id}
+
+
 def upgrade_mark_applied(
-    *, upgrade_id: int, applied_commit: str, replaced_commit: str, test_results: Any = None
+    *,
+    upgrade_id: int,
+    applied_commit: str,
+    replaced_commit: str,
+    test_results: Any = None,
+    worker_id: str | None = None,
+    already_merged: bool = False,
 ) -> Upgrade:
+    """With `worker_id`, only while that worker still holds the claim (UpgradeClaimLost otherwise).
+    `already_merged`: the target contained the upgrade before this worker merged anything."""
     changes: dict[str, Any] = {
         "applied_at": timezone.now(),
         "applied_commit": applied_commit,
         "replaced_commit": replaced_commit,
         "claimed_by": "",
+        "lease_expires_at": None,
     }
     if test_results is not None:
         changes["test_results"] = test_results
+    extra = {"already_merged": True} if already_merged else {}
     with transaction.atomic():
-        upgrade = _move(upgrade_id, (Upgrade.Status.APPROVED,), Upgrade.Status.APPLIED, **changes)
-        _log(upgrade, "upgrade.applied", None, commit=applied_commit, replaced=replaced_commit)
+        upgrade = _move(
+            upgrade_id, (Upgrade.Status.APPROVED,), Upgrade.Status.APPLIED, where=_held_by(worker_id), **changes
+        )
+        _log(upgrade, "upgrade.applied", None, commit=applied_commit, replaced=replaced_commit, **extra)
     return upgrade
 
 
-def upgrade_mark_failed(*, upgrade_id: int, reason: str, test_results: Any = None) -> Upgrade:
-    changes: dict[str, Any] = {"error_message": reason[: REASON_MAX * 4], "claimed_by": ""}
+def upgrade_mark_failed(
+    *, upgrade_id: int, reason: str, test_results: Any = None, worker_id: str | None = None
+) -> Upgrade:
+    """With `worker_id`, only while that worker still holds the claim (UpgradeClaimLost otherwise)."""
+    changes: dict[str, Any] = {"error_message": reason[: REASON_MAX * 4], "claimed_by": "", "lease_expires_at": None}
     if test_results is not None:
         changes["test_results"] = test_results
     with transaction.atomic():
-        upgrade = _move(upgrade_id, (Upgrade.Status.APPROVED,), Upgrade.Status.FAILED, **changes)
+        upgrade = _move(
+            upgrade_id, (Upgrade.Status.APPROVED,), Upgrade.Status.FAILED, where=_held_by(worker_id), **changes
+        )
         _log(upgrade, "upgrade.failed", None, reason=reason[:REASON_MAX])
     return upgrade
 
@@ -299,6 +354,73 @@ def upgrade_request_create(*, instruction: str, actor: Any, task: Any = None) ->
             data={"request_id": request.pk, "by": _actor_name(actor if request.requested_by else None)},
         )
     return request
+
+
+def upgrade_request_claim(*, worker_id: str, lease_seconds: int | None = None) -> UpgradeRequest | None:
+    """The oldest queued change request, claimed by this worker to draft, with a lease as for applying upgrades."""
+    for request_id in (
+        UpgradeRequest.objects.filter(status=UpgradeRequest.Status.QUEUED)
+        .order_by("id")
+        .values_list("id", flat=True)[:5]
+    ):
+        if UpgradeRequest.objects.filter(pk=request_id, status=UpgradeRequest.Status.QUEUED).update(
+            status=UpgradeRequest.Status.RUNNING,
+            claimed_by=worker_id,
+            lease_expires_at=_lease_end(lease_seconds),
+            attempts=F("attempts") + 1,
+        ):
+            return UpgradeRequest.objects.get(pk=request_id)
+    return None  # none queued, or other workers took them
+
+
+def upgrade_request_lease_renew(*, request_id: int, worker_id: str, lease_seconds: int | None = None) -> bool:
+    return bool(
+        UpgradeRequest.objects.filter(pk=request_id, status=UpgradeRequest.Status.RUNNING, claimed_by=worker_id).update(
+            lease_expires_at=_lease_end(lease_seconds)
+        )
+    )
+
+
+def upgrade_requests_recover_stale(*, now: datetime | None = None) -> int:
+    """Give back change requests whose worker stopped renewing its lease: queued again if attempts remain
+    (TASK_MAX_ATTEMPTS), else failed with the reason."""
+    now = now or timezone.now()
+    stale = list(
+        UpgradeRequest.objects.filter(_stale(now), status=UpgradeRequest.Status.RUNNING).values_list(
+            "id", "claimed_by", "attempts", "task_id"
+        )[:100]
+    )
+    recovered = 0
+    for request_id, worker, attempts, task_id in stale:
+        why = f"worker {worker} stopped renewing its lease"
+        held = UpgradeRequest.objects.filter(
+            _stale(now), pk=request_id, status=UpgradeRequest.Status.RUNNING, claimed_by=worker
+        )
+        with transaction.atomic():
+            if attempts < settings.TASK_MAX_ATTEMPTS:
+                if not held.update(status=UpgradeRequest.Status.QUEUED, claimed_by="", lease_expires_at=None):
+                    continue
+                event, data = "upgrade.request_released", {"worker": worker, "attempts": attempts}
+                reason = f"{why}; will retry"
+            else:
+                reason = f"{why} after {attempts} attempts"
+                if not held.update(
+                    status=UpgradeRequest.Status.FAILED,
+                    error_message=reason,
+                    finished_at=now,
+                    claimed_by="",
+                    lease_expires_at=None,
+                ):
+                    continue
+                event, data = "upgrade.request_failed", {"worker": worker}
+            log_event(
+                event,
+                source=SOURCE,
+                task_id=task_id,
+                data={"request_id": request_id, **data, "reason": reason, "recovered": True},
+            )
+        recovered += 1
+    return recovered
 
 
 # --- Git-backed moves (outside transactions: git is slow, and a failed git step must not roll back the record) ---
@@ -369,13 +491,108 @@ def upgrade_time_out_and_clean(*, upgrade: Upgrade) -> Upgrade:
     return upgrade
 
 
+def _merged_already(upgrade: Upgrade) -> gitops.MergeResult | None:
+    return gitops.merge_of(
+        Path(upgrade.repo_path), target_branch=upgrade.target_branch, commit=upgrade.head_commit or upgrade.branch
+    )
+
+
+def upgrades_recover_stale(*, worker_id: str, now: datetime | None = None) -> int:
+    """Give back approved upgrades whose worker stopped renewing its claim's lease: to the queue if attempts remain
+    (TASK_MAX_ATTEMPTS; the next apply notices a merge the dead worker already made), else, taken over by
+    `worker_id`, recorded as applied if the target already contains it, or failed with the reason."""
+    now = now or timezone.now()
+    stale = list(
+        Upgrade.objects.filter(_stale(now), status=Upgrade.Status.APPROVED).values_list(
+            "id", "claimed_by", "apply_attempts"
+        )[:100]
+    )
+    recovered = 0
+    for upgrade_id, worker, attempts in stale:
+        why = f"worker {worker} stopped renewing its lease"
+        held = Upgrade.objects.filter(_stale(now), pk=upgrade_id, status=Upgrade.Status.APPROVED, claimed_by=worker)
+        if attempts < settings.TASK_MAX_ATTEMPTS:
+            with transaction.atomic():
+                if not held.update(claimed_by="", lease_expires_at=None):
+                    continue
+                upgrade = Upgrade.objects.get(pk=upgrade_id)
+                _log(upgrade, "upgrade.released", None, worker=worker, attempts=attempts, reason=f"{why}; will retry")
+            recovered += 1
+            continue
+        if not held.update(claimed_by=worker_id, lease_expires_at=_lease_end()):
+            continue
+        upgrade = Upgrade.objects.get(pk=upgrade_id)
+        reason = f"{why} after {attempts} attempts"
+        try:
+            done = _merged_already(upgrade)
+        except gitops.GitOpsError as exc:
+            done, reason = None, f"{reason}; git could not tell whether it was merged: {exc}"
+        try:
+            if done is None:
+                upgrade_mark_failed(upgrade_id=upgrade_id, reason=reason, worker_id=worker_id)
+            else:
+                applied = upgrade_mark_applied(
+                    upgrade_id=upgrade_id,
+                    applied_commit=done.merge_sha,
+                    replaced_commit=done.previous_sha,
+                    worker_id=worker_id,
+                    already_merged=True,
+                )
+                _clean_up(applied, delete_branch=False)
+        except UpgradeWrongState:
+            continue  # failed in the admin, or taken over by someone else meanwhile
+        recovered += 1
+    return recovered
+
+
 def upgrade_apply(*, upgrade: Upgrade) -> Upgrade:
-    """Merge a claimed, approved upgrade into its target branch. If the target moved since the proposal, its tests
-    are first run on the merged result. A conflict, failing tests or a live tree with uncommitted changes leave the
-    target as it was and fail the upgrade with the reason; a target that moves during the merge is retried later."""
+    """Merge a claimed, approved upgrade into its target branch, renewing the claim's lease meanwhile.
+
+    A target that already contains the upgrade's commit (a worker died after merging it) is recorded as applied
+    with that merge, never merged twice. If the target moved since the proposal, its tests are first run on the
+    merged result. A conflict, failing tests or a live tree with uncommitted changes leave the target as it was and
+    fail the upgrade with the reason; a target that moves during the merge is retried later. A worker that lost its
+    claim meanwhile records nothing: the upgrade is someone else's now."""
+    worker_id = upgrade.claimed_by
+    if not worker_id:
+        raise UpgradeWrongState(f"Upgrade {upgrade.pk} is not claimed: only a worker that claimed it applies it.")
+    try:
+        with LeaseKeeper(
+            lambda: upgrade_lease_renew(upgrade_id=upgrade.pk, worker_id=worker_id), name=f"lease-upgrade-{upgrade.pk}"
+        ):
+            return _apply(upgrade, worker_id=worker_id)
+    except UpgradeClaimLost as exc:
+        logger.warning("%s This worker's outcome is dropped.", exc)
+        upgrade.refresh_from_db()
+        return upgrade
+
+
+def _apply(upgrade: Upgrade, *, worker_id: str) -> Upgrade:
     repo = Path(upgrade.repo_path)
     expected = None
     try:
+        done = _merged_already(upgrade)
+        if done is not None:
+            applied = upgrade_mark_applied(
+                upgrade_id=upgrade.pk,
+                applied_commit=done.merge_sha,
+                replaced_commit=done.previous_sha,
+                worker_id=worker_id,
+                already_merged=True,
+            )
+            _clean_up(applied, delete_branch=False)
+            return applied
+        # What was tested and reviewed is the proposal's head commit: a branch moved since then is not merged.
+        branch_head = gitops.head_sha(repo, f"refs/heads/{upgrade.branch}")
+        if upgrade.head_commit and branch_head != upgrade.head_commit:
+            return upgrade_mark_failed(
+                upgrade_id=upgrade.pk,
+                reason=(
+                    f"Not applied: branch {upgrade.branch} moved after it was proposed (it is at {branch_head[:12]}, "
+                    f"the tested and reviewed commit is {upgrade.head_commit[:12]}). Propose the new commit again."
+                ),
+                worker_id=worker_id,
+            )
         if gitops.target_moved(repo, upgrade.target_branch, upgrade.base_commit):
             merged = gitops.merged_worktree(
                 repo,
@@ -395,6 +612,7 @@ def upgrade_apply(*, upgrade: Upgrade) -> Upgrade:
                     upgrade_id=upgrade.pk,
                     reason=f"{upgrade.target_branch} moved since the proposal; the tests fail on the merged result.",
                     test_results=results,
+                    worker_id=worker_id,
                 )
             expected = merged.target_sha
         result = gitops.merge_into_target(
@@ -407,17 +625,19 @@ def upgrade_apply(*, upgrade: Upgrade) -> Upgrade:
             expected_target_sha=expected,
         )
     except gitops.BranchMoved:
-        Upgrade.objects.filter(pk=upgrade.pk, status=Upgrade.Status.APPROVED).update(claimed_by="")
+        Upgrade.objects.filter(pk=upgrade.pk, status=Upgrade.Status.APPROVED, claimed_by=worker_id).update(
+            claimed_by="", lease_expires_at=None
+        )
         upgrade.refresh_from_db()
         return upgrade
     except gitops.MergeConflict as exc:
-        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=f"Merge conflict: {exc}")
+        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=f"Merge conflict: {exc}", worker_id=worker_id)
     except gitops.TreeNotClean as exc:
-        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=f"Not applied: {exc}")
+        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=f"Not applied: {exc}", worker_id=worker_id)
     except gitops.GitOpsError as exc:
-        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=str(exc))
+        return upgrade_mark_failed(upgrade_id=upgrade.pk, reason=str(exc), worker_id=worker_id)
     applied = upgrade_mark_applied(
-        upgrade_id=upgrade.pk, applied_commit=result.merge_sha, replaced_commit=result.previous_sha
+        upgrade_id=upgrade.pk, applied_commit=result.merge_sha, replaced_commit=result.previous_sha, worker_id=worker_id
     )
     _clean_up(applied, delete_branch=False)
     return applied
@@ -448,11 +668,20 @@ def upgrade_rollback(*, upgrade_id: int, actor: Any) -> Upgrade:
 
 
 def upgrade_request_finish(*, request: UpgradeRequest, upgrade: Upgrade | None = None, error: str = "") -> None:
+    """Record the draft's outcome, unless the worker that claimed `request` lost it meanwhile (UpgradeClaimLost:
+    it stalled past its lease and the request was given back)."""
     status = UpgradeRequest.Status.DONE if upgrade is not None else UpgradeRequest.Status.FAILED
     with transaction.atomic():
-        UpgradeRequest.objects.filter(pk=request.pk).update(
-            status=status, upgrade=upgrade, error_message=error[:4000], finished_at=timezone.now()
-        )
+        if not UpgradeRequest.objects.filter(
+            pk=request.pk, status=UpgradeRequest.Status.RUNNING, claimed_by=request.claimed_by
+        ).update(
+            status=status,
+            upgrade=upgrade,
+            error_message=error[:4000],
+            finished_at=timezone.now(),
+            lease_expires_at=None,
+        ):
+            raise UpgradeClaimLost(f"Change request {request.pk} is no longer claimed by {request.claimed_by}.")
         if upgrade is None:
             log_event(
                 "upgrade.request_failed",

@@ -13,8 +13,10 @@ from apps.agents.services import (
     ChatUnavailable,
     InvalidChatMessage,
     chat_send,
+    chat_serve,
 )
 from apps.events.models import Event, EventType
+from apps.memory import services as memory
 from apps.swarm.models import Agent
 from tests.agents.conftest import provider_at
 from tests.agents.helpers import events_from
@@ -56,6 +58,28 @@ def test_a_new_conversation_remembers_earlier_ones_of_the_same_user_only(staff_u
     assert "my favourite colour is teal" in remembered
     chat_send(user=plain_user, message="What is my favourite colour?")
     assert "teal" not in ollama.chats[2]["messages"][0]["content"]
+
+
+def test_staff_chat_draws_on_shared_memories_and_the_paid_chat_on_public_ones_alone(staff_user, ollama):
+    memory.store_memory(content="Project Nightjar's budget is 40000 sats.", context_type="fact", source="test")
+    memory.store_memory(
+        content="Ada's Nightjar notes: call the supplier.", context_type="fact", source="test", owner=staff_user
+    )
+    chat_send(user=staff_user, message="What is Project Nightjar's budget?")
+    assert "40000 sats" in ollama.chats[-1]["messages"][0]["content"]
+
+    chat_serve(message="What is Project Nightjar's budget?", payment_hash="00" * 32)
+    assert ollama.chats[-1]["messages"] == [
+        {"role": "system", "content": prompts.TIMMY},
+        {"role": "user", "content": "What is Project Nightjar's budget?"},
+    ]
+    memory.store_memory(
+        content="Project Nightjar is an open bird-watching app.", context_type="fact", source="test", public=True
+    )
+    chat_serve(message="What is Project Nightjar?", payment_hash="00" * 32)
+    system = ollama.chats[-1]["messages"][0]["content"]
+    assert "What you remember that may help" in system and "open bird-watching app" in system
+    assert "40000" not in system and "supplier" not in system and "Ada" not in system
 
 
 def test_both_sides_are_stored_in_order_with_who_answered(staff_user, ollama):

@@ -1,4 +1,10 @@
+import stat
+
 from django.core.checks import run_checks
+
+from apps.core.checks import data_dir_errors, sqlite_version_errors
+from timmy_site import data_dir
+from timmy_site.db.base import DatabaseWrapper
 
 
 def test_a_worker_that_would_always_look_down_is_caught_at_start_up(settings):
@@ -62,3 +68,43 @@ def test_a_short_or_non_hex_l402_root_key_is_refused(settings):
         assert "timmy.E011" in [m.id for m in run_checks()]
     settings.L402_ROOT_KEY = "ab" * 32
     assert "timmy.E011" not in [m.id for m in run_checks()]
+
+
+def test_sqlite_releases_that_deadlock_under_connection_churn_are_refused_by_name():
+    messages = sqlite_version_errors((3, 51, 1))
+    assert [m.id for m in messages] == ["timmy.E012"]
+    assert "SQLite 3.51.1 must not be used" in messages[0].msg
+    assert "deadlock" in messages[0].msg
+    assert sqlite_version_errors((3, 51, 2)) == []
+    assert sqlite_version_errors((3, 50, 4)) == []
+
+
+def test_the_installed_sqlite_is_not_a_known_bad_release():
+    assert DatabaseWrapper.Database.sqlite_version_info >= (3, 51, 2)
+    assert "timmy.E012" not in [m.id for m in run_checks()]
+
+
+def test_a_data_dir_others_can_read_is_tightened_at_start_up(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o755)
+    (folder / "timmy.sqlite3").write_bytes(b"")
+    (folder / "timmy.sqlite3").chmod(0o644)
+    (folder / "worktrees").mkdir(mode=0o755)
+    assert len(data_dir_errors(folder)[0].msg.split(", ")) == 3
+
+    changed = data_dir.secure(folder)
+
+    assert len(changed) == 3
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "timmy.sqlite3").stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / "worktrees").stat().st_mode) == 0o700
+    assert data_dir_errors(folder) == []
+
+
+def test_a_file_made_readable_after_start_up_is_reported_by_the_check(settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    data_dir.secure(tmp_path)
+    (tmp_path / "admin-password.txt").write_text("secret")
+    (tmp_path / "admin-password.txt").chmod(0o644)
+    messages = [m for m in run_checks() if m.id == "timmy.E013"]
+    assert messages and "admin-password.txt (mode 644)" in messages[0].msg

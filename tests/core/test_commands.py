@@ -212,3 +212,28 @@ def test_serve_stops_the_worker_and_fails_when_the_dashboard_cannot_start(transa
     assert "Stopped because the web exited with status 1." in stderr
     assert "Address already in use" in stderr
     assert not WorkerHeartbeat.objects.filter(stopped_at__isnull=True).exists()
+
+
+# --- every command: arguments that are not UTF-8 ---
+
+
+@pytest.mark.parametrize(
+    ("argv", "bad"),
+    [
+        pytest.param([b"create_api_token", b"\xff\xfe"], "argument 2 (b'\\xff\\xfe')", id="create_api_token"),
+        pytest.param([b"self_modify", b"\xff"], "argument 2 (b'\\xff')", id="self_modify"),
+        pytest.param([b"timmy", b"chat", b"\xff"], "argument 3 (b'\\xff')", id="timmy chat"),
+        pytest.param([b"migrate", b"--database", b"d\xc3("], "argument 3 (b'd\\xc3(')", id="a Django command"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_a_command_error_not_a_traceback(transactional_db, subprocess_env, argv, bad):
+    # Bytes, not str: the argument reaches manage.py exactly as a shell passes $'\xff'.
+    result = subprocess.run(
+        [sys.executable.encode(), b"manage.py", *argv], cwd=ROOT, env=subprocess_env, capture_output=True, timeout=60
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 2
+    assert "Traceback" not in stderr
+    assert stderr == f"CommandError: {bad} is not valid UTF-8 text\n"
+    assert result.stdout == b""
+    assert not ApiToken.objects.exists()

@@ -16,12 +16,17 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.utils import timezone
 from pymacaroons import Macaroon
 
+from apps.agents import prompts
+from apps.agents.worker import run_assigned_tasks
 from apps.core.services import api_token_create
 from apps.events.models import Event
 from apps.ledger import l402, selectors, services
 from apps.ledger.models import LedgerEntry, TxStatus
+from apps.memory import services as memory
+from apps.memory.models import MemoryEntry
+from apps.swarm.models import Task
 from tests.agents.conftest import provider_at
-from tests.factories import StaffFactory
+from tests.factories import AgentFactory, StaffFactory, TaskFactory
 from tests.llm_servers import OllamaServer
 
 SERVE = "/api/v1/serve/chat"
@@ -108,6 +113,39 @@ def test_a_client_pays_the_invoice_and_gets_timmys_answer_with_the_token(http, w
     assert LedgerEntry.objects.get(payment_hash=payment_hash).status == TxStatus.SETTLED
     [earned] = selectors.earnings_by_endpoint()
     assert (earned.endpoint, earned.payments, earned.sats) == ("serve/chat", 1, settings.L402_PRICE_SATS)
+
+
+def test_a_paying_stranger_cannot_get_a_staff_tasks_result_or_a_shared_memory_into_the_prompt(http, wallet, llm):
+    # A staff user's task, researched by Echo: its result is remembered, shared, for the swarm's later tasks.
+    task = TaskFactory(
+        description="Research suppliers for Project Nightjar; our budget is 40000 sats",
+        status=Task.Status.ASSIGNED,
+        assigned_agent=AgentFactory(name="echo", persona="echo"),
+        winning_bid_sats=80,
+        assigned_at=timezone.now(),
+    )
+    assert run_assigned_tasks(timezone.now()) == 1
+    assert MemoryEntry.objects.get(task=task).is_shared
+    memory.store_memory(content="Project Nightjar launches on 3 March.", context_type="fact", source="page")
+    macaroon, invoice = challenge(http)
+    token = f"L402 {macaroon}:{wallet(invoice)}"
+
+    asked = ask(http, token, "What is the budget of Project Nightjar?")
+    assert asked.status_code == 200, asked.text
+    # What the model was sent: Timmy's prompt alone, nothing remembered.
+    assert llm.chats[-1]["messages"] == [
+        {"role": "system", "content": prompts.TIMMY},
+        {"role": "user", "content": "What is the budget of Project Nightjar?"},
+    ]
+
+    # Once a memory is marked public, it does reach the paid prompt; the rest still does not.
+    memory.store_memory(
+        content="Project Nightjar is an open bird-watching app.", context_type="fact", source="page", public=True
+    )
+    assert ask(http, token, "What is Project Nightjar and its budget?").status_code == 200
+    system = llm.chats[-1]["messages"][0]["content"]
+    assert system.startswith(prompts.TIMMY) and "open bird-watching app" in system
+    assert "40000" not in system and "suppliers" not in system and "3 March" not in system
 
 
 def test_an_unpaid_token_a_forged_one_and_one_for_another_endpoint_are_refused_with_the_reason(http, wallet):

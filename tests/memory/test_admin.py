@@ -1,7 +1,7 @@
 """The memory admin: lists, filters and search, read-only content, and forgetting as a confirm-first action."""
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import AnonymousUser, Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -9,6 +9,7 @@ from apps.events.models import Event
 from apps.memory import services
 from apps.memory.models import MemoryEntry
 from tests.factories import AgentFactory, StaffFactory
+from tests.memory.conftest import grant_private_reading
 
 CHANGELIST = reverse("admin:memory_memoryentry_changelist")
 
@@ -36,8 +37,12 @@ def memories(admin_user) -> dict[str, MemoryEntry]:
     }
 
 
+def listed_memories(response) -> list[MemoryEntry]:
+    return list(response.context["cl"].result_list)
+
+
 def listed(response) -> set[str]:
-    return {m.content for m in response.context["cl"].result_list}
+    return {m.content for m in listed_memories(response)}
 
 
 def test_the_list_shows_a_preview_the_owner_or_shared_and_counts_no_total(admin_client, memories):
@@ -142,3 +147,80 @@ def test_content_and_scope_cannot_be_edited_and_memories_cannot_be_added_or_dele
     assert admin_client.get(reverse("admin:memory_memoryentry_add")).status_code == 403
     assert admin_client.get(reverse("admin:memory_memoryentry_delete", args=[memory.pk])).status_code == 403
     assert "delete_selected" not in admin_client.get(CHANGELIST).content.decode()
+
+
+def staff_client_with(*codenames: str, reader: bool = False) -> Client:
+    user = StaffFactory(username="ops")
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="memory", codename__in=codenames))
+    if reader:
+        user = grant_private_reading(user)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_staff_without_the_permission_see_only_their_own_and_the_shared_memories(db, memories):
+    client = staff_client_with("view_memoryentry", "change_memoryentry")
+    response = client.get(CHANGELIST)
+    assert listed(response) == {memories["shared"].content, memories["chat"].content}
+    assert "Carol" not in response.content.decode() and "admin&#x27;s own note" not in response.content.decode()
+    assert listed(client.get(CHANGELIST, {"q": "backups", "visibility": "private"})) == set()
+    change = client.get(reverse("admin:memory_memoryentry_change", args=[memories["theirs"].pk]))
+    assert change.status_code == 302 and "Carol" not in change.content.decode()
+    # Even a hand-made POST cannot reach another user's memory through an action.
+    page = forget_selected(client, [memories["theirs"]], confirm="yes", reason="not yours").content.decode()
+    assert "Carol" not in page
+    assert not MemoryEntry.objects.get(pk=memories["theirs"].pk).is_deleted
+
+
+def test_staff_granted_the_permission_see_everyones_memories(db, memories):
+    client = staff_client_with("view_memoryentry", reader=True)
+    assert listed(client.get(CHANGELIST)) == {m.content for m in memories.values()}
+    change = client.get(reverse("admin:memory_memoryentry_change", args=[memories["theirs"].pk]))
+    assert change.status_code == 200 and "Carol&#x27;s private note on backups." in change.content.decode()
+
+
+def mark(client: Client, action: str, memories: list[MemoryEntry], **extra: str):
+    return client.post(
+        CHANGELIST, {"action": action, "_selected_action": [m.pk for m in memories], **extra}, follow=True
+    )
+
+
+def test_marking_memories_public_asks_first_then_marks_the_live_shared_ones_and_logs_who(
+    admin_client, admin_user, memories
+):
+    forgotten = remember("An old shared note.")
+    services.forget(memory_id=forgotten.pk, actor=admin_user, reason="old")
+    selected = [*memories.values(), forgotten]
+    page = mark(admin_client, "make_public", selected).content.decode()
+    assert "These 2 memories will be public" in page and "POST /api/v1/serve/chat" in page
+    assert "2 selected memories are private memories and will be left" in page
+    assert "1 selected memory is forgotten" in page
+    assert not MemoryEntry.objects.filter(public=True).exists()
+
+    done = mark(admin_client, "make_public", selected, confirm="yes").content.decode()
+    assert "Marked 2 memory(ies) public: the paid chat may draw on them." in done
+    assert "2 memory(ies) are private and were left" in done and "1 memory(ies) are forgotten" in done
+    public = {memories["shared"].pk, memories["chat"].pk}
+    assert set(MemoryEntry.objects.filter(public=True).values_list("pk", flat=True)) == public
+    events = Event.objects.filter(event_type="memory.published")
+    assert {(e.data["memory_id"], e.data["by"]) for e in events} == {(pk, "admin") for pk in public}
+    assert {m.pk for m in listed_memories(admin_client.get(CHANGELIST, {"visibility": "public"}))} == public
+    stranger = services.search_memories("backups", user=AnonymousUser(), public_only=True)
+    assert {h.memory.pk for h in stranger} == public
+
+    again = mark(admin_client, "make_public", [memories["shared"]]).content.decode()
+    assert "None of the selected memories can be marked public" in again and "already public" in again
+    mark(admin_client, "make_not_public", [memories["shared"]], confirm="yes")
+    stranger = services.search_memories("backups", user=AnonymousUser(), public_only=True)
+    assert [h.memory.pk for h in stranger] == [memories["chat"].pk]
+    [undone] = Event.objects.filter(event_type="memory.unpublished")
+    assert undone.data == {"memory_id": memories["shared"].pk, "public": False, "by": "admin"}
+
+
+def test_the_public_actions_need_the_change_permission(db, memories):
+    client = staff_client_with("view_memoryentry")
+    page = client.get(CHANGELIST).content.decode()
+    assert "make_public" not in page and "make_not_public" not in page
+    mark(client, "make_public", [memories["shared"]], confirm="yes")
+    assert not MemoryEntry.objects.filter(public=True).exists()

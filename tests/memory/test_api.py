@@ -4,7 +4,7 @@ from django.test import Client
 from apps.core.services import api_token_create
 from apps.memory import services
 from apps.memory.models import MemoryEntry
-from tests.factories import AgentFactory, StaffFactory
+from tests.factories import AgentFactory, StaffFactory, UserFactory
 
 
 def client_for(user) -> Client:
@@ -104,3 +104,39 @@ def test_the_memory_api_needs_a_staff_token(client, plain_client, db):
     services.store_memory(content="Shared fact.", context_type="fact", source="test")
     assert client.get("/api/v1/memory/search", {"q": "fact"}).status_code == 401
     assert plain_client.get("/api/v1/memory/search", {"q": "fact"}).status_code == 403
+
+
+@pytest.mark.parametrize("endpoint", ["/api/v1/memory/search", "/api/v1/memory/context"])
+def test_everyones_memories_need_the_permission_to_read_private_ones(api_client, other_client, endpoint):
+    remember(api_client, "My locker code is 1234.")
+    refused = other_client.get(endpoint, {"q": "locker code", "all_users": "true"})
+    assert refused.status_code == 403
+    assert "memory.view_private_memories" in refused.json()["detail"]
+    assert "1234" not in refused.content.decode()
+
+
+@pytest.mark.parametrize("persona", ["granted staff", "superuser"])
+def test_users_who_may_read_private_memories_get_everyones_with_all_users(api_client, private_reader, persona):
+    remember(api_client, "My locker code is 1234.")
+    reader = client_for(private_reader if persona == "granted staff" else UserFactory(is_staff=True, is_superuser=True))
+    assert reader.get("/api/v1/memory/search", {"q": "locker code"}).json() == []
+    [hit] = reader.get("/api/v1/memory/search", {"q": "locker code", "all_users": "true"}).json()
+    assert (hit["content"], hit["shared"]) == ("My locker code is 1234.", False)
+    context = reader.get("/api/v1/memory/context", {"q": "locker code", "all_users": "true"}).json()["context"]
+    assert "1234" in context
+    # Reading it is not forgetting it: only its owner can.
+    forget = reader.delete(f"/api/v1/memory/{hit['id']}", {"reason": "audit"}, content_type="application/json")
+    assert forget.status_code == 403 and "only its owner" in forget.json()["detail"]
+
+
+def test_a_memory_stored_as_public_is_shared_and_public(api_client):
+    body = remember(api_client, "Timmy's node alias is Sparky.", public=True)
+    assert (body["shared"], body["public"]) == (True, True)
+    assert MemoryEntry.objects.get(pk=body["id"]).public
+    assert remember(api_client, "Lockers are emptied every Friday.", shared=True)["public"] is False
+    contradiction = api_client.post(
+        "/api/v1/memory",
+        {"content": "x", "context_type": "fact", "public": True, "shared": False},
+        content_type="application/json",
+    )
+    assert contradiction.status_code == 422 and '"shared": false' in contradiction.json()["detail"]

@@ -4,6 +4,7 @@ added and forgotten there."""
 import re
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -126,16 +127,41 @@ def test_search_filters_by_type_and_agent(bob_client):
     assert [h.memory.content for h in by_type] == ["Lockers are painted green."]
 
 
-def test_staff_see_everyones_memories_in_search_only_when_they_tick_the_box(bob_client, alices_secret):
+def test_staff_without_the_permission_have_no_everyone_box_and_their_everyone_search_stays_theirs_with_the_reason(
+    bob_client, alices_secret
+):
     page = bob_client.get(PAGE).content.decode()
+    assert 'name="everyone"' not in page
+    assert "needs the permission “Can read other users' private memories”" in page
+    for headers in ({}, HTMX):
+        response = bob_client.get(PAGE, {"q": "Alice's locker code", "everyone": "on"}, headers=headers)
+        assert response.status_code == 200
+        assert [hit.memory.content for hit in response.context["hits"]] == [
+            "Lockers in the hall are emptied every Friday."
+        ]
+        page = response.content.decode()
+        assert "4321" not in page and "in everyone's memories" not in page
+        assert "Searched your own and the shared memories only." in page
+        assert "an admin grants it on your user page in the admin" in page
+
+
+@pytest.mark.parametrize("persona", ["granted staff", "superuser"])
+def test_users_who_may_read_private_memories_see_everyones_in_search_only_when_they_tick_the_box(
+    persona, private_reader, admin_user, alices_secret
+):
+    reader = client_for(private_reader if persona == "granted staff" else admin_user)
+    page = reader.get(PAGE).content.decode()
     assert 'name="everyone"' in page and 'name="everyone" checked' not in page
-    response = bob_client.get(PAGE, {"q": "Alice's locker code", "everyone": "on"}, headers=HTMX)
+    assert "Searched your own" not in page
+    own_scope = reader.get(PAGE, {"q": "Alice's locker code"}).context["hits"]
+    assert alices_secret not in [hit.memory for hit in own_scope]
+    response = reader.get(PAGE, {"q": "Alice's locker code", "everyone": "on"}, headers=HTMX)
     assert response.context["hits"][0].memory == alices_secret
     page = response.content.decode()
-    assert ", in everyone's memories" in page
+    assert ", in everyone's memories" in page and "Searched your own" not in page
     assert '<span class="memory-owner">alice</span>' in page
     # The counts and the lists stay the user's own.
-    assert bob_client.get(PAGE, {"q": "x", "everyone": "on"}).context["total"] == 1
+    assert reader.get(PAGE, {"q": "x", "everyone": "on"}).context["total"] == 1
 
 
 @pytest.mark.parametrize(
@@ -171,6 +197,31 @@ def test_adding_a_fact_stores_it_for_the_user_or_shared_and_redirects(staff_clie
     shared = MemoryEntry.objects.get(content="The node runs on a Raspberry Pi.")
     assert shared.owner is None
     assert Event.objects.filter(event_type="memory.stored").count() == 2
+
+
+def test_a_fact_added_as_public_is_shared_and_shown_as_public(staff_client):
+    response = staff_client.post(ADD, {"content": "Timmy's node alias is Sparky.", "public": "on"}, follow=True)
+    memory = MemoryEntry.objects.get()
+    assert (memory.owner, memory.public) == (None, True)
+    page = response.content.decode()
+    assert f"Remembered fact {memory.pk} (everyone sees it; public: the paid chat may use it)." in page
+    assert '<span class="badge memory-public"' in page
+    [event] = Event.objects.filter(event_type="memory.stored")
+    assert (event.data["shared"], event.data["public"]) == (True, True)
+    assert [h.memory for h in services.search_memories("node alias", user=AnonymousUser(), public_only=True)] == [
+        memory
+    ]
+
+
+def test_adding_as_public_a_fact_already_known_as_shared_makes_it_public(staff_client, staff_user):
+    known = remember("The garage door code is 9876.")
+    response = staff_client.post(ADD, {"content": "The garage door code is 9876.", "public": "on"}, follow=True)
+    assert f"as fact {known.pk}, so not stored again" in response.content.decode()
+    assert "It is public now: the paid chat may use it." in response.content.decode()
+    known.refresh_from_db()
+    assert known.public and MemoryEntry.objects.count() == 1
+    [event] = Event.objects.filter(event_type="memory.published")
+    assert (event.source, event.data) == ("page", {"memory_id": known.pk, "public": True})
 
 
 def test_adding_a_fact_with_htmx_returns_the_facts_and_the_counts_out_of_band(staff_client):
@@ -317,6 +368,7 @@ def test_the_page_and_the_search_need_the_same_number_of_queries_for_few_or_many
     # The vector search is two statements on SQLite (codes, then vectors); on PostgreSQL it sets its HNSW search
     # width, and searches again exactly when the filtered index scan comes back short (as it does with fewer
     # memories than the search depth).
-    search_bound = (18 if connection.vendor == "postgresql" else 16) + 1  # + the navigation's pending upgrades
-    assert queries() == few_page <= 9
+    # + the navigation's pending upgrades, + the user's and their groups' permissions (may they read everyone's?)
+    search_bound = (18 if connection.vendor == "postgresql" else 16) + 1 + 2
+    assert queries() == few_page <= 9 + 2
     assert queries(q="lockers") == few_search <= search_bound

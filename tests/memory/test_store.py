@@ -1,8 +1,9 @@
 """Storing, finding and forgetting memories with the real embedding model and the real search index."""
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from apps.events.models import Event
 from apps.memory import services
@@ -80,12 +81,116 @@ def test_another_users_private_memory_is_never_found_even_as_the_best_match(db, 
     assert services.get_memory_context("Alice's bank PIN", user=bob).count("4321") == 0
 
 
-def test_staff_see_everyones_memories_only_when_they_ask(db, alice):
+def test_staff_without_the_permission_cannot_ask_for_everyones_memories(db, alice):
     fact("Alice's bank PIN is 4321.", owner=alice)
     staff = StaffFactory()
     assert services.search_memories("bank PIN", user=staff) == []
-    [hit] = services.search_memories("bank PIN", user=staff, all_users=True)
+    for ask in (services.search_memories, services.get_memory_context):
+        with pytest.raises(services.MemoryNotAllowed, match="Can read other users' private memories"):
+            ask("bank PIN", user=staff, all_users=True)
+
+
+@pytest.mark.parametrize("persona", ["granted staff", "superuser"])
+def test_users_who_may_read_private_memories_see_everyones_only_when_they_ask(db, alice, private_reader, persona):
+    fact("Alice's bank PIN is 4321.", owner=alice)
+    reader = private_reader if persona == "granted staff" else UserFactory(is_staff=True, is_superuser=True)
+    assert services.search_memories("bank PIN", user=reader) == []
+    [hit] = services.search_memories("bank PIN", user=reader, all_users=True)
     assert hit.memory.owner == alice
+    assert "4321" in services.get_memory_context("bank PIN", user=reader, all_users=True)
+
+
+def test_strangers_get_only_public_memories_and_a_limit_of_five_returns_five_of_them(db, alice):
+    # Shared and private memories that match far better than the public ones: none of them may come back.
+    services.store_memories(
+        [services.NewMemory(f"Project Bluebird budget note {n}: 40,000 sats.", "fact", "test") for n in range(8)]
+        + [services.NewMemory(f"Alice's Bluebird budget draft {n}.", "fact", "test", owner=alice) for n in range(8)],
+        keep_both=True,
+    )
+    public = services.store_memories(
+        [
+            services.NewMemory(f"Public note {n}: Timmy answers questions about budgets.", "fact", "test", public=True)
+            for n in range(7)
+        ],
+        keep_both=True,
+    )
+    hits = services.search_memories("Project Bluebird budget", user=AnonymousUser(), public_only=True, limit=5)
+    assert len(hits) == 5
+    assert {h.memory.pk for h in hits} <= {s.memory.pk for s in public}
+    context = services.get_memory_context("Project Bluebird budget", user=alice, public_only=True)
+    assert "Bluebird" not in context and "Public note" in context
+    # Everyone else still sees the public memories among the shared ones.
+    assert public[0].memory in [h.memory for h in services.search_memories("Public note 0", user=alice)]
+
+
+def test_a_fresh_install_gives_strangers_no_memories(db, alice):
+    fact("The shared Wi-Fi password is hunter2.")
+    fact("Alice's Wi-Fi note.", owner=alice)
+    assert services.get_memory_context("Wi-Fi password", user=AnonymousUser(), public_only=True) == ""
+
+
+def test_a_public_memory_must_be_shared(db, alice):
+    with pytest.raises(services.InvalidMemory, match="must be shared"):
+        fact("Alice's public diary.", owner=alice, public=True)
+    assert not MemoryEntry.objects.exists()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        MemoryEntry.objects.filter(pk=fact("Alice's diary.", owner=alice).memory.pk).update(public=True)
+
+
+def test_marking_a_memory_public_and_back_moves_it_in_and_out_of_the_strangers_scope(db, alice):
+    staff = StaffFactory(username="ops")
+    memory = fact("Timmy's Lightning node is called Sparky.", agent_id=None).memory
+    stranger = {"user": AnonymousUser(), "public_only": True}
+    assert services.search_memories("node name", **stranger) == []
+    marked = services.memory_set_public(memory_id=memory.pk, public=True, actor=staff)
+    assert marked.public
+    assert [h.memory.pk for h in services.search_memories("Lightning node Sparky", **stranger)] == [memory.pk]
+    assert [h.memory.pk for h in services.search_memories("Lightning node Sparky", user=alice)] == [memory.pk]
+    with pytest.raises(services.MemoryUnchanged, match="already public"):
+        services.memory_set_public(memory_id=memory.pk, public=True, actor=staff)
+    services.memory_set_public(memory_id=memory.pk, public=False, actor=staff)
+    assert services.search_memories("Lightning node Sparky", **stranger) == []
+    assert [h.memory.pk for h in services.search_memories("Lightning node Sparky", user=alice)] == [memory.pk]
+    events = Event.objects.filter(event_type__in=["memory.published", "memory.unpublished"]).order_by("id")
+    assert [(e.event_type, e.data["by"]) for e in events] == [
+        ("memory.published", "ops"),
+        ("memory.unpublished", "ops"),
+    ]
+
+
+def test_only_a_live_shared_memory_can_be_made_public_and_only_by_staff(db, alice):
+    staff = StaffFactory(username="ops")
+    own = fact("Ops's own note.", owner=staff).memory
+    theirs = fact("Alice's note.", owner=alice).memory
+    shared = fact("A shared note.").memory
+    with pytest.raises(services.MemoryNotShared):
+        services.memory_set_public(memory_id=own.pk, public=True, actor=staff)
+    with pytest.raises(services.MemoryNotFound):
+        services.memory_set_public(memory_id=theirs.pk, public=True, actor=staff)
+    with pytest.raises(services.MemoryNotAllowed):
+        services.memory_set_public(memory_id=shared.pk, public=True, actor=alice)
+    services.forget(memory_id=shared.pk, actor=staff, reason="old")
+    with pytest.raises(services.MemoryAlreadyForgotten):
+        services.memory_set_public(memory_id=shared.pk, public=True, actor=staff)
+    assert not MemoryEntry.objects.filter(public=True).exists()
+    assert not Event.objects.filter(event_type="memory.published").exists()
+
+
+def test_storing_as_public_what_is_known_as_shared_makes_the_known_memory_public(db):
+    known = fact("The node's alias is Sparky.").memory
+    again = fact("the node's ALIAS is Sparky.", public=True)
+    assert (again.created, again.duplicate, again.published, again.memory.pk) == (False, "exact", True, known.pk)
+    assert MemoryEntry.objects.get(pk=known.pk).public
+    stranger = services.search_memories("node alias", user=AnonymousUser(), public_only=True)
+    assert [h.memory.pk for h in stranger] == [known.pk]
+    # Within one batch: the first of two duplicates becomes public when the second asks to be.
+    batch = services.store_memories(
+        [
+            services.NewMemory("Carol waters the plants on Fridays.", "fact", "test"),
+            services.NewMemory("carol waters the plants on fridays.", "fact", "test", public=True),
+        ]
+    )
+    assert batch[0].created and batch[0].memory.public and batch[1].memory.pk == batch[0].memory.pk
 
 
 def test_a_limit_of_five_returns_five_visible_memories_when_hidden_ones_match_better(db, alice, bob):
@@ -134,11 +239,14 @@ def test_duplicates_within_one_batch_are_stored_once(db, alice):
     assert Event.objects.filter(event_type="memory.stored").count() == 2
 
 
-def test_forgetting_keeps_the_row_with_its_reason_and_removes_it_from_every_search(db, alice, bob):
+def test_forgetting_keeps_the_row_with_its_reason_and_removes_it_from_every_search(db, alice, bob, private_reader):
     memory = fact("Alice parks in bay 7.", owner=alice).memory
     assert set(index_counts()) == {1}
     with pytest.raises(services.MemoryNotFound):
         services.forget(memory_id=memory.pk, actor=bob, reason="not mine")
+    # Reading another user's private memory is not forgetting it.
+    with pytest.raises(services.MemoryNotAllowed, match="only its owner"):
+        services.forget(memory_id=memory.pk, actor=private_reader, reason="not mine either")
     forgotten = services.forget(memory_id=memory.pk, actor=alice, reason="I moved house")
     assert forgotten.deleted_reason == "I moved house" and forgotten.is_deleted
     assert set(index_counts()) == {0}

@@ -1,10 +1,16 @@
 import os
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
 
+from tests.agents.conftest import provider_at
 from tests.factories import StaffFactory
-from tests.upgrades.test_gitops import IDENTITY
+from tests.llm_servers import OllamaServer
+from tests.upgrades.test_gitops import IDENTITY, make_repo
 
 
 @pytest.fixture
@@ -22,3 +28,40 @@ def isolated_git_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for name in IDENTITY:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, settings) -> Path:
+    """make_repo's repository as the self-modify target (test_gitops has its own, without the settings)."""
+    path = make_repo(tmp_path)
+    settings.SELF_MODIFY_REPO = str(path)
+    settings.SELF_MODIFY_TARGET_BRANCH = ""
+    settings.SELF_MODIFY_ALLOWED_PATHS = []
+    # The child pytest must not load this project's plugins (pytest-django would look for its settings).
+    settings.SELF_MODIFY_TEST_COMMAND = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider -p no:django"
+    settings.SELF_MODIFY_TEST_TIMEOUT_SECONDS = 60
+    settings.SELF_MODIFY_MAX_ATTEMPTS = 3
+    settings.DATA_DIR = tmp_path / "data"
+    return path
+
+
+@pytest.fixture
+def model(db) -> Iterator[Callable[..., OllamaServer]]:
+    """A local Ollama-protocol server that answers with the given replies in turn (the last one repeats)."""
+    servers: list[OllamaServer] = []
+
+    def start(*replies: str) -> OllamaServer:
+        answers = list(replies)
+
+        def answer(messages: list[dict]) -> str:
+            return answers.pop(0) if len(answers) > 1 else answers[0]
+
+        server = OllamaServer(reply=answer, delay=0)
+        server.__enter__()
+        servers.append(server)
+        provider_at("ollama", server.url, model=server.models[0], read_timeout_seconds=30.0)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)

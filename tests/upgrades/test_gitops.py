@@ -14,14 +14,17 @@ from apps.upgrades.gitops import (
     FileEdit,
     GitOpsError,
     MergeConflict,
+    MergeResult,
     NothingToCommit,
     TreeNotClean,
     commit_all,
     create_worktree,
     current_branch,
     diff_summary,
+    discard_branch,
     head_sha,
     merge_into_target,
+    merge_of,
     merged_worktree,
     pytest_counts,
     remove_worktree,
@@ -158,7 +161,25 @@ def test_valid_edits_land_on_a_new_branch_in_a_separate_worktree_and_leave_the_l
     assert "+def sub(a, b):" in summary.diff
     assert summary.preview.splitlines()[:3] == summary.diff.splitlines()[:3]
     assert summary.preview.endswith("more lines")
-    assert risk_level(summary.files_changed, summary.deleted) == "high"
+    assert summary.mode_changes == []
+    assert risk_level(summary.files_changed, summary.deleted, mode_changes=summary.mode_changes) == "high"
+
+
+def test_the_summary_reports_mode_changes_and_they_are_never_low_risk(repo: Path, tmp_path: Path) -> None:
+    worktree = create_worktree(repo, branch="modes", base="main", worktrees_dir=tmp_path / "wt")
+    (worktree / "README.md").chmod(0o755)  # made executable, content unchanged
+    (worktree / "docs").mkdir()
+    (worktree / "docs/run.md").write_text("#!/bin/sh\n")
+    (worktree / "docs/run.md").chmod(0o755)  # a new executable file
+    (worktree / "docs/guide.md").write_text("# guide\n")  # a new plain file
+    (worktree / "docs/link.md").symlink_to("guide.md")  # a new symlink
+    sha = commit_all(worktree, message="modes", **WHO)
+
+    summary = diff_summary(repo, "main", sha)
+    assert summary.files_changed == ["README.md", "docs/guide.md", "docs/link.md", "docs/run.md"]
+    assert summary.mode_changes == ["README.md", "docs/link.md", "docs/run.md"]
+    assert risk_level(summary.files_changed, summary.deleted, mode_changes=summary.mode_changes) == "medium"
+    assert risk_level(summary.files_changed, summary.deleted, mode_changes=[]) == "low"
 
 
 @pytest.mark.parametrize(
@@ -232,6 +253,19 @@ def test_create_worktree_refuses_an_existing_branch(repo: Path, tmp_path: Path) 
         create_worktree(repo, branch="upgrade/1", base="main", worktrees_dir=tmp_path / "other")
     with pytest.raises(GitOpsError, match="not a valid branch name"):
         create_worktree(repo, branch="bad..name", base="main", worktrees_dir=tmp_path / "wt")
+
+
+def test_discard_branch_removes_a_left_over_branch_and_its_worktree_but_never_the_live_one(
+    repo: Path, tmp_path: Path
+) -> None:
+    worktree = create_worktree(repo, branch="self-modify/add-sub-7", base="main", worktrees_dir=tmp_path / "wt")
+    discard_branch(repo, "self-modify/add-sub-7")
+    assert not worktree.exists() and "self-modify/add-sub-7" not in branches(repo)
+    assert worktree_paths(repo) == [str(repo)]
+    discard_branch(repo, "self-modify/add-sub-7")  # nothing left: nothing to do
+    with pytest.raises(GitOpsError, match="live working tree"):
+        discard_branch(repo, "main")
+    assert "main" in branches(repo)
 
 
 def test_remove_worktree_deletes_worktree_and_branch_and_is_idempotent(repo: Path, tmp_path: Path) -> None:
@@ -318,6 +352,24 @@ def test_merge_into_the_checked_out_target_makes_a_merge_commit_in_the_live_tree
         assert merge.message.strip() == "Merge upgrade 1"
         assert not r.is_dirty(untracked_files=True)
     assert (repo / "pkg/calc.py").read_text() == CALC + "X = 1\n"
+
+
+def test_merge_of_finds_the_merge_that_brought_a_commit_into_the_target(repo: Path, tmp_path: Path) -> None:
+    propose(repo, tmp_path, [FileEdit("pkg/calc.py", CALC + "X = 1\n")])
+    proposal = head_sha(repo, "upgrade/1")
+    assert merge_of(repo, target_branch="main", commit=proposal) is None
+    result = merge_into_target(repo, target_branch="main", branch="upgrade/1", message="Merge", **WHO)
+    assert merge_of(repo, target_branch="main", commit=proposal) == result
+    commit_on(repo, "main", {"README.md": "# later\n"})
+    assert merge_of(repo, target_branch="main", commit=proposal) == result  # later commits do not change it
+    # A commit that came in by a fast-forward, with no merge of its own: the commit itself.
+    before = head_sha(repo, "main")
+    with git.Repo(repo) as r:
+        r.git.branch("ff", "main")
+    fast_forwarded = commit_on(repo, "ff", {"README.md": "# fast-forwarded\n"})
+    with git.Repo(repo) as r:
+        r.git.merge("--ff-only", "ff")
+    assert merge_of(repo, target_branch="main", commit=fast_forwarded) == MergeResult(fast_forwarded, before)
 
 
 def test_merge_into_a_target_that_is_not_checked_out_moves_only_its_ref(repo: Path, tmp_path: Path) -> None:
@@ -453,21 +505,36 @@ def test_revert_refuses_a_commit_that_is_not_a_merge(repo: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("files", "deleted", "level"),
+    ("files", "deleted", "modes", "level"),
     [
-        (["tests/test_x.py", "docs/guide.md", "README.md", "apps/core/test_models.py", "notes.rst"], [], "low"),
-        (["apps/core/views.py", "tests/test_x.py"], [], "medium"),
-        (["requirements/base.txt"], [], "medium"),
-        (["apps/core/migrations/0002_x.py"], [], "high"),
-        (["timmy_site/urls.py"], [], "high"),
-        (["other/settings.py"], [], "high"),
-        (["apps/ledger/services.py"], [], "high"),
-        (["apps/upgrades/gitops.py"], [], "high"),
-        (["tests/test_x.py"], ["tests/test_x.py"], "high"),
+        (["docs/guide.md", "README.md", "notes.rst", "docs/api/index.txt"], [], [], "low"),
+        (["apps/core/views.py", "docs/guide.md"], [], [], "medium"),
+        (["requirements/base.txt"], [], [], "medium"),
+        (["apps/core/migrations/0002_x.py"], [], [], "high"),
+        (["timmy_site/urls.py"], [], [], "high"),
+        (["other/settings.py"], [], [], "high"),
+        (["apps/ledger/services.py"], [], [], "high"),
+        (["apps/upgrades/gitops.py"], [], [], "high"),
+        (["docs/guide.md"], ["docs/old.md"], [], "high"),
+        # Code that runs whenever the suite runs, with the runner's environment.
+        (["conftest.py"], [], [], "high"),
+        (["docs/guide.md", "apps/core/conftest.py"], [], [], "high"),
+        (["tests/anything.py"], [], [], "high"),
+        (["tests/fixtures/data.json"], [], [], "high"),
+        (["apps/core/tests/test_views.py"], [], [], "high"),
+        (["apps/core/test_models.py", "docs/guide.md"], [], [], "high"),
+        # What the runner loads and how it is started.
+        (["pyproject.toml"], [], [], "high"),
+        (["pytest.ini"], [], [], "high"),
+        (["sub/setup.cfg"], [], [], "high"),
+        (["Makefile"], [], [], "high"),
+        # A mode change alone, or with documentation.
+        (["scripts/deploy.sh"], [], ["scripts/deploy.sh"], "medium"),
+        (["docs/guide.md"], [], ["docs/guide.md"], "medium"),
     ],
 )
-def test_risk_level(files: list[str], deleted: list[str], level: str) -> None:
-    assert risk_level(files, deleted) == level
+def test_risk_level(files: list[str], deleted: list[str], modes: list[str], level: str) -> None:
+    assert risk_level(files, deleted, mode_changes=modes) == level
 
 
 def test_revert_that_conflicts_with_later_changes_leaves_the_target_as_it_was(repo: Path, tmp_path: Path) -> None:

@@ -1,9 +1,6 @@
 """The self-modify loop end to end on a real git repository with its own test suite, and a local server that
 speaks Ollama's protocol answering with file edits: propose, retry, refuse, approve, apply, conflict, roll back."""
 
-import shlex
-import sys
-from collections.abc import Callable, Iterator
 from io import StringIO
 from pathlib import Path
 
@@ -15,9 +12,7 @@ from apps.events.models import Event
 from apps.upgrades import loop, services, worker
 from apps.upgrades.gitops import current_branch, head_sha
 from apps.upgrades.models import Upgrade, UpgradeRequest
-from tests.agents.conftest import provider_at
-from tests.llm_servers import OllamaServer
-from tests.upgrades.test_gitops import CALC, commit_on, make_repo
+from tests.upgrades.test_gitops import CALC, IDENTITY, commit_on
 
 SUB = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 BROKEN = "def add(a, b):\n    return a - b\n"
@@ -37,42 +32,6 @@ def reply(*files: tuple[str, str], summary: str = "Add sub") -> str:
 GOOD = reply(("pkg/calc.py", SUB), ("tests/test_calc.py", TEST_SUB))
 
 
-@pytest.fixture
-def repo(tmp_path: Path, settings) -> Path:
-    path = make_repo(tmp_path)
-    settings.SELF_MODIFY_REPO = str(path)
-    settings.SELF_MODIFY_TARGET_BRANCH = ""
-    settings.SELF_MODIFY_ALLOWED_PATHS = []
-    # The child pytest must not load this project's plugins (pytest-django would look for its settings).
-    settings.SELF_MODIFY_TEST_COMMAND = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider -p no:django"
-    settings.SELF_MODIFY_TEST_TIMEOUT_SECONDS = 60
-    settings.SELF_MODIFY_MAX_ATTEMPTS = 3
-    settings.DATA_DIR = tmp_path / "data"
-    return path
-
-
-@pytest.fixture
-def model(db) -> Iterator[Callable[..., OllamaServer]]:
-    """A local Ollama-protocol server that answers with the given replies in turn (the last one repeats)."""
-    servers: list[OllamaServer] = []
-
-    def start(*replies: str) -> OllamaServer:
-        answers = list(replies)
-
-        def answer(messages: list[dict]) -> str:
-            return answers.pop(0) if len(answers) > 1 else answers[0]
-
-        server = OllamaServer(reply=answer, delay=0)
-        server.__enter__()
-        servers.append(server)
-        provider_at("ollama", server.url, model=server.models[0], read_timeout_seconds=30.0)
-        return server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
-
-
 def live(repo: Path) -> tuple[str, str | None, str, bool]:
     with git.Repo(repo) as r:
         return r.head.commit.hexsha, current_branch(repo), (repo / "pkg/calc.py").read_text(), r.is_dirty()
@@ -88,7 +47,7 @@ def test_a_change_is_proposed_tested_on_its_own_branch_and_the_live_tree_is_unto
     assert upgrade.branch == "self-modify/add-a-sub-function-to-pkgcalcpy-7"
     assert sorted(upgrade.files_changed) == ["pkg/calc.py", "tests/test_calc.py"]
     assert "+def sub(a, b):" in upgrade.diff and upgrade.base_commit == before[0]
-    assert (upgrade.description, upgrade.risk) == ("Add sub", "medium")  # code and its tests
+    assert (upgrade.description, upgrade.risk) == ("Add sub", "high")  # tests/ runs when anyone runs the suite
     assert Path(upgrade.worktree_path).is_relative_to(Path(repo).parent / "data" / "worktrees")
     # The model was shown the file the instruction names.
     assert CALC in server.chats[0]["messages"][-1]["content"]
@@ -239,3 +198,21 @@ def test_the_worker_drafts_a_queued_request(repo, model):
     request.refresh_from_db()
     assert request.status == UpgradeRequest.Status.DONE and request.upgrade.tests_passed
     assert worker.run_upgrade_requests(None) == 0  # type: ignore[arg-type]
+
+
+def test_a_branch_that_only_makes_a_doc_executable_is_not_low_risk(repo, db):
+    with git.Repo(repo) as r:
+        r.git.branch("docs-only", "main")
+        r.git.branch("docs-exec", "main")
+    commit_on(repo, "docs-only", {"README.md": "# tiny, documented\n"})
+    scratch = repo.parent / "exec-scratch"
+    with git.Repo(repo) as r:
+        r.git.worktree("add", str(scratch), "docs-exec")
+    (scratch / "README.md").chmod(0o755)
+    with git.Repo(scratch) as tree:
+        tree.git.commit("-am", "make the readme executable", env=IDENTITY)
+    call_command("self_modify", "--branch", "docs-only", "Document", stdout=StringIO())
+    call_command("self_modify", "--branch", "docs-exec", "Make the readme executable", stdout=StringIO())
+    documented, executable = Upgrade.objects.order_by("id")
+    assert (documented.risk, executable.risk) == ("low", "medium")
+    assert executable.files_changed == ["README.md"] and "new mode 100755" in executable.diff
