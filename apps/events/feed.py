@@ -154,24 +154,33 @@ class EventHub:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # First use, or a new event loop (tests): nothing of the old loop can run any more.
-            self._stop_reader()
+            self._stop_reader(self._reader)
             self._loop, self._tasks, self.subscribers = loop, [], set()
             self._wake, self._start_lock = asyncio.Event(), asyncio.Lock()
-            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-feed-reader")
         assert self._start_lock is not None
         async with self._start_lock:
             if self._tasks and not any(task.done() for task in self._tasks):
                 return
             for task in self._tasks:
                 task.cancel()
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-feed-reader")
             self.last_id = await self._read(selectors.event_latest_id)
             self._tasks = [asyncio.create_task(self._follow(), name="event-feed-follower")]
             if settings.REDIS_URL:
                 self._tasks.append(asyncio.create_task(self._listen_for_nudges(), name="event-feed-nudges"))
 
     async def _follow(self) -> None:
-        assert self._wake is not None
         poll = self.poll_seconds if self.poll_seconds is not None else settings.ACTIVITY_FEED_POLL_SECONDS
+        reader = self._reader
+        try:
+            await self._follow_rounds(poll)
+        finally:
+            # Cancelled (the server or the event loop is stopping): the reader's connection goes with it.
+            self._stop_reader(reader)
+
+    async def _follow_rounds(self, poll: float) -> None:
+        assert self._wake is not None
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that lands as
             # the wait completes, and this loop would then never stop.
@@ -208,10 +217,13 @@ class EventHub:
         assert self._reader is not None
         return await asyncio.get_running_loop().run_in_executor(self._reader, query)
 
-    def _stop_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.submit(connections.close_all)
-            self._reader.shutdown(wait=False)
+    def _stop_reader(self, reader: ThreadPoolExecutor | None) -> None:
+        """Close the reader thread's connection and end the thread; the hub forgets it if it is still its own."""
+        if reader is None:
+            return
+        reader.submit(connections.close_all)
+        reader.shutdown(wait=False)
+        if self._reader is reader:
             self._reader = None
 
     async def _listen_for_nudges(self) -> None:

@@ -183,10 +183,14 @@ def test_disabled_providers_are_shown_with_a_hint_how_to_enable_them(staff_clien
 
 
 def test_the_base_url_is_shown_without_its_credentials(staff_client):
-    ProviderFactory(name="openai", kind=Provider.Kind.OPENAI, base_url="https://bob:hunter2@llm.example/v1?key=k1")
+    ProviderFactory(
+        name="openai",
+        kind=Provider.Kind.OPENAI,
+        base_url="https://bobthebuilder:hunter2secret@llm.example/v1?key=querykey77",
+    )
     html = staff_client.get(STATUS).content.decode()
     assert "<code>https://llm.example/v1</code>" in card(html, "openai")
-    assert "hunter2" not in html and "bob" not in html and "k1" not in html
+    assert "hunter2secret" not in html and "bobthebuilder" not in html and "querykey77" not in html
 
 
 def test_url_without_credentials_keeps_host_port_and_path():
