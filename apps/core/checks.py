@@ -50,6 +50,9 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         "L402_PRICE_SATS",
         "L402_TOKEN_TTL_SECONDS",
         "L402_CHALLENGES_PER_MINUTE",
+        "LOGIN_FAILURES_PER_ACCOUNT",
+        "LOGIN_FAILURES_PER_ADDRESS",
+        "LOGIN_LOCKOUT_MINUTES",
     ):
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))

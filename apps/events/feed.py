@@ -191,8 +191,8 @@ class EventHub:
             try:
                 await self.catch_up()
             except Exception:
-                # The database may be locked or restarting; the next round retries from the same id, on a new
-                # connection in case this one is broken.
+                # The database may be locked or restarting; the next round retries from the same id. The reader
+                # gives its connection back (on PostgreSQL a broken one is then replaced; SQLite's pool keeps it).
                 logger.exception("the event feed could not read the event log; retrying")
                 await self._read(connections.close_all)
                 await asyncio.sleep(poll)

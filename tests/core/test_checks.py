@@ -108,3 +108,11 @@ def test_a_file_made_readable_after_start_up_is_reported_by_the_check(settings, 
     (tmp_path / "admin-password.txt").chmod(0o644)
     messages = [m for m in run_checks() if m.id == "timmy.E013"]
     assert messages and "admin-password.txt (mode 644)" in messages[0].msg
+
+
+def test_a_login_throttle_that_would_refuse_every_sign_in_is_caught_at_start_up(settings):
+    settings.LOGIN_FAILURES_PER_ACCOUNT = 0
+    settings.LOGIN_LOCKOUT_MINUTES = 0
+    messages = [m.msg for m in run_checks() if m.id == "timmy.E006"]
+    assert "LOGIN_FAILURES_PER_ACCOUNT must be at least 1." in messages
+    assert "LOGIN_LOCKOUT_MINUTES must be at least 1." in messages
