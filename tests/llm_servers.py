@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -205,6 +207,9 @@ class OllamaServer:
         self, *, models: list[str] | None = None, reply: Reply = echo, mode: str = "normal", delay: float = 0.2
     ) -> None:
         self.models = list(models) if models is not None else ["llama3.2"]
+        # What /api/show says: the model's trained context, and a Modelfile's num_ctx (0: none).
+        self.context_length = 131_072
+        self.num_ctx = 0
         self.reply = reply
         self.delay = delay
         self.requests: Counter[str] = Counter()
@@ -301,6 +306,11 @@ class OllamaServer:
             self._send(handler, mode, {"version": "0.0.0-test"})
         elif (method, path) == ("POST", "/api/chat"):
             self._chat(handler, mode, raw)
+        elif (method, path) == ("POST", "/api/show"):
+            # What the router reads the context window from: the trained length, and num_ctx if a Modelfile sets it.
+            parameters = f"num_ctx                        {self.num_ctx}" if self.num_ctx else ""
+            info = {"general.architecture": "llama", "llama.context_length": self.context_length}
+            self._send(handler, mode, {"parameters": parameters, "model_info": info, "modelfile": ""})
         else:
             handler.send_text(404, "404 page not found")
 
@@ -463,7 +473,33 @@ def write_tiny_gguf(path: Path | str, *, seed: int = 0) -> Path:
     return path
 
 
-class LlamaCppServer:
+class _ServerProcess:
+    """A server in a child process whose output goes to an anonymous temporary file, quoted when it fails."""
+
+    _process: subprocess.Popen[bytes] | None = None
+    _log: Any = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return "\n".join(self._log.read().decode(errors="replace").splitlines()[-lines:])
+
+    def _stop_process(self, grace: float) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class LlamaCppServer(_ServerProcess):
     """The real `python -m llama_cpp.server` (OpenAI-compatible, at `url` = http://127.0.0.1:PORT/v1) on a GGUF.
 
     With `api_key`, requests without `Authorization: Bearer <api_key>` get a 401. Its stderr (llama.cpp's load
@@ -526,26 +562,81 @@ class LlamaCppServer:
                 raise RuntimeError(f"`{shlex.join(argv)}` did not answer in {self.start_timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
 
-    def log_tail(self, lines: int = 40) -> str:
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        return "\n".join(self._log.read().decode(errors="replace").splitlines()[-lines:])
-
     def stop(self, grace: float = 5) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._stop_process(grace)
 
     def __enter__(self) -> LlamaCppServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class ModelHostProcess(_ServerProcess):
+    """The project's own embedded model host (`manage.py model_host`) on the real packaged SmolLM2, listening on a
+    unix socket in a short temporary directory (a socket path must stay under 108 bytes)."""
+
+    def __init__(self, *, n_ctx: int = 2048, queue_max: int = 8, threads: int = 1, start_timeout: float = 60) -> None:
+        self.n_ctx = n_ctx
+        self.queue_max = queue_max
+        # One thread: llama.cpp's threads spin while they wait for each other, and on two cores shared with daphne,
+        # a worker and the test itself, two of them can take many times longer than one.
+        self.threads = threads
+        self.start_timeout = start_timeout
+        self._dir = tempfile.mkdtemp(prefix="timmy-mh-")
+        self.socket = Path(self._dir) / "host.sock"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a subprocess (daphne, a worker) needs to use this host."""
+        return {"EMBEDDED_SOCKET": str(self.socket), "EMBEDDED_CONTEXT_TOKENS": str(self.n_ctx)}
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self) -> ModelHostProcess:
+        env = {
+            **os.environ,
+            **self.env,
+            "EMBEDDED_QUEUE_MAX": str(self.queue_max),
+            "EMBEDDED_THREADS": str(self.threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [sys.executable, "manage.py", "model_host"]
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (open while the host runs; closed by stop())
+        root = Path(__file__).resolve().parent.parent
+        self._process = subprocess.Popen(
+            argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            health = self.health()
+            if health is not None and health.get("loaded"):
+                return self
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                log = self.log_tail()
+                self.stop()
+                raise RuntimeError(f"the model host did not load its model:\n{log}")
+            time.sleep(0.05)
+
+    def health(self) -> dict[str, Any] | None:
+        transport = httpx.HTTPTransport(uds=str(self.socket))
+        try:
+            with httpx.Client(transport=transport, timeout=2) as client:
+                answer: dict[str, Any] = client.get("http://model-host/health").json()
+                return answer
+        except (httpx.TransportError, ValueError):
+            return None
+
+    def stop(self, grace: float = 10) -> None:
+        self._stop_process(grace)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> ModelHostProcess:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

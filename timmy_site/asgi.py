@@ -10,8 +10,13 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from apps.memory import embeddings  # noqa: E402
 from timmy_site.routing import websocket_urlpatterns  # noqa: E402
+
+if settings.PRELOAD_MODELS:
+    embeddings.preload()
 
 application = ProtocolTypeRouter(
     {

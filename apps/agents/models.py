@@ -36,6 +36,8 @@ class ChatMessage(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     tokens_in = models.PositiveIntegerField(null=True, blank=True)
     tokens_out = models.PositiveIntegerField(null=True, blank=True)
+    # The user stopped the reply before the model finished: the content is what came until then.
+    stopped = models.BooleanField(default=False)
     # A user message that got no answer keeps the reason, shown beside it; it is never sent to a model.
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -64,10 +64,3 @@ PERSONAS: dict[str, str] = {
 def persona_prompt(persona: str) -> str:
     """The system prompt of a persona; Timmy's own for Timmy or a persona this module does not know."""
     return PERSONAS.get(persona, TIMMY)
-
-
-def with_memory(prompt: str, context: str, *, heading: str) -> str:
-    """A system prompt followed by what memory found for this message, if anything."""
-    if not context:
-        return prompt
-    return f"{prompt}\n\n{heading} (from memory; it may be incomplete or out of date):\n{context}"

@@ -2,12 +2,17 @@ import uuid
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Substr
 
 from apps.agents.models import ChatMessage, ChatSession
 from apps.swarm.models import Agent, Persona, Task
 
 # The chat page shows the end of a long conversation, not all of it.
 PAGE_MESSAGES = 200
+# Past conversations listed beside the chat, and how much of each one's first message they show.
+PAGE_CONVERSATIONS = 30
+PREVIEW_CHARS = 120
 
 
 def _uuid(value: object) -> uuid.UUID | None:
@@ -42,6 +47,23 @@ def chat_history(*, session: ChatSession, limit: int) -> list[dict[str, str]]:
 
 def chat_messages_recent(*, session: ChatSession, limit: int = PAGE_MESSAGES) -> list[ChatMessage]:
     return list(reversed(ChatMessage.objects.filter(session=session).order_by("-id")[:limit]))
+
+
+def chat_sessions_recent(
+    *, user: AbstractBaseUser | AnonymousUser, limit: int = PAGE_CONVERSATIONS
+) -> QuerySet[ChatSession]:
+    """The user's own conversations, the latest first, each with `preview` (its first message) and `message_count`."""
+    if not user.is_authenticated:
+        return ChatSession.objects.none()
+    first = ChatMessage.objects.filter(session=OuterRef("pk"), role=ChatMessage.Role.USER).order_by("id")
+    return (
+        ChatSession.objects.filter(owner_id=user.pk)
+        .annotate(
+            preview=Substr(Subquery(first.values("content")[:1]), 1, PREVIEW_CHARS),
+            message_count=Count("messages"),
+        )
+        .order_by("-updated_at")[:limit]
+    )
 
 
 def timmy_agent_id() -> int | None:

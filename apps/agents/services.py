@@ -21,6 +21,7 @@ from apps.events.services import clean_multiline_text, log_event
 from apps.memory import services as memory
 from apps.providers import router
 from apps.providers.clients import monotonic_ms
+from apps.providers.context import Prompt
 from apps.providers.router import Completion, RouterError
 from apps.swarm import services as swarm_services
 from apps.swarm.models import Persona, Task
@@ -116,18 +117,32 @@ class ChatReply:
     session_id: str
     user_message: ChatMessage
     reply_message: ChatMessage
+    stopped: bool = False
 
 
 SERVE_SOURCE = "agents.serve"
 
 
-def _timmy_prompt(text: str, *, user: User | AnonymousUser, public_only: bool = False) -> str:
-    """Timmy's system prompt with what the memories `user` may see say about `text` (public_only: only the
-    memories marked public, for a stranger)."""
-    return prompts.with_memory(
-        prompts.TIMMY,
-        memory.get_memory_context(text, user=user, max_tokens=MEMORY_CONTEXT_TOKENS, public_only=public_only),
-        heading="What you remember that may help",
+MEMORY_HEADING = "What you remember that may help (from memory; it may be incomplete or out of date)"
+TASK_MEMORY_HEADING = "Similar past tasks and facts (from memory; it may be incomplete or out of date)"
+
+
+def _memories(text: str, *, user: User | AnonymousUser, public_only: bool = False) -> list[str]:
+    """What the memories `user` may see say about `text`, best first, one piece each, for the router to fit
+    (public_only: only the memories marked public, for a stranger)."""
+    found = memory.get_memory_context(text, user=user, max_tokens=MEMORY_CONTEXT_TOKENS, public_only=public_only)
+    return [line for line in found.splitlines() if line.strip()]
+
+
+def _timmy_prompt(
+    text: str, *, user: User | AnonymousUser, history: list[dict[str, str]] | None = None, public_only: bool = False
+) -> Prompt:
+    return Prompt(
+        messages=[{"role": ChatMessage.Role.USER, "content": text}],
+        system=prompts.TIMMY,
+        context=_memories(text, user=user, public_only=public_only),
+        context_heading=MEMORY_HEADING,
+        history=history or [],
     )
 
 
@@ -157,11 +172,7 @@ def chat_serve(*, message: str, payment_hash: str) -> ServedReply:
         )
     started = time.monotonic()
     try:
-        completion = _llm_complete(
-            [{"role": ChatMessage.Role.USER, "content": text}],
-            system_prompt=_timmy_prompt(text, user=AnonymousUser(), public_only=True),
-            on_chunk=None,
-        )
+        completion = router.complete(_timmy_prompt(text, user=AnonymousUser(), public_only=True))
     except RouterError as exc:
         with transaction.atomic():
             log_event(
@@ -191,20 +202,28 @@ def _chat_message_clean(message: str) -> str:
     return text
 
 
-def _llm_complete(
-    messages: list[dict[str, str]], *, system_prompt: str, on_chunk: Callable[[str], None] | None
+def _llm_stream(
+    prompt: Prompt,
+    *,
+    on_chunk: Callable[[str], None] | None,
+    should_stop: Callable[[], bool] | None,
+    on_failover: router.OnFailover | None,
 ) -> Completion:
-    if on_chunk is None:
-        return router.complete(messages, system_prompt=system_prompt)
-    stream = router.complete(messages, system_prompt=system_prompt, stream=True)
+    if on_chunk is None and should_stop is None:
+        return router.complete(prompt, on_failover=on_failover)
+    stream = router.complete(prompt, stream=True, on_failover=on_failover)
     for chunk in stream:
-        on_chunk(clean_multiline_text(chunk))
-    assert stream.completion is not None  # set once the stream is exhausted
+        if on_chunk is not None:
+            on_chunk(clean_multiline_text(chunk))
+        if should_stop is not None and should_stop():
+            stream.stop()  # closes the connection: the model stops generating
+            break
+    assert stream.completion is not None  # set once the stream is exhausted or stopped
     return stream.completion
 
 
 def _llm_completed_data(completion: Completion, started: float) -> dict[str, Any]:
-    return {
+    data = {
         "tool": LLM_TOOL,
         "ok": True,
         "provider": completion.provider,
@@ -213,7 +232,12 @@ def _llm_completed_data(completion: Completion, started: float) -> dict[str, Any
         "tokens_in": completion.tokens_in,
         "tokens_out": completion.tokens_out,
         "duration_ms": monotonic_ms(started),
+        # What went into the prompt and what was left out to fit the model's context.
+        **(completion.fitted.summary() if completion.fitted else {}),
     }
+    if completion.stopped:
+        data["stopped"] = True
+    return data
 
 
 def _llm_failed_data(reason: str, started: float) -> dict[str, Any]:
@@ -233,10 +257,15 @@ def chat_send(
     message: str,
     session_id: str | uuid.UUID | None = None,
     on_chunk: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_failover: router.OnFailover | None = None,
 ) -> ChatReply:
     """Send `message` to Timmy in the user's conversation `session_id` (a new one without it) and store both sides.
 
-    With `on_chunk`, the reply is streamed: each piece of text is passed to it as it arrives. Raises
+    With `on_chunk`, the reply is streamed: each piece of text is passed to it as it arrives. `should_stop` is
+    asked after each piece: when it says yes, generation stops and what came so far is kept as the reply, marked
+    stopped. `on_failover(from, to, reason)` is told when a provider fails and the next is tried. The prompt is
+    fitted to the answering model's context: the system prompt, memories, then the newest history that fits. Raises
     InvalidChatMessage, ChatSessionNotFound (also for another user's session), or ChatUnavailable when no
     model answered — the user's message is stored then, with the reason, so nothing typed is lost.
     """
@@ -260,10 +289,11 @@ def chat_send(
     sent_at = timezone.now()
     started = time.monotonic()
     try:
-        completion = _llm_complete(
-            [*history, {"role": ChatMessage.Role.USER, "content": text}],
-            system_prompt=_timmy_prompt(text, user=user),
+        completion = _llm_stream(
+            _timmy_prompt(text, user=user, history=history),
             on_chunk=on_chunk,
+            should_stop=should_stop,
+            on_failover=on_failover,
         )
     except RouterError as exc:  # nothing answered, or the answer broke off mid-stream
         reason = str(exc)
@@ -295,6 +325,7 @@ def chat_send(
             latency_ms=completion.latency_ms,
             tokens_in=completion.tokens_in,
             tokens_out=completion.tokens_out,
+            stopped=completion.stopped,
             created_at=now,
         )
         log_event(
@@ -319,6 +350,7 @@ def chat_send(
         session_id=str(new_id),
         user_message=user_message,
         reply_message=reply_message,
+        stopped=completion.stopped,
     )
 
 
@@ -365,13 +397,13 @@ def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) 
         renew = partial(swarm_services.task_lease_renew, task_id=task.pk, worker_id=worker_id, lease_seconds=lease)
         with LeaseKeeper(renew, lease_seconds=lease, name=f"lease-task-{task.pk}"):
             completion = router.complete(
-                [{"role": "user", "content": task.description}],
-                system_prompt=prompts.with_memory(
-                    prompts.persona_prompt(persona),
+                Prompt(
+                    messages=[{"role": "user", "content": task.description}],
+                    system=prompts.persona_prompt(persona),
                     # Task memories are shared (every task is on the swarm board for all staff to see).
-                    memory.get_memory_context(task.description, user=AnonymousUser(), max_tokens=MEMORY_CONTEXT_TOKENS),
-                    heading="Similar past tasks and facts",
-                ),
+                    context=_memories(task.description, user=AnonymousUser()),
+                    context_heading=TASK_MEMORY_HEADING,
+                )
             )
     except RouterError as exc:
         reason = str(exc)

@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import threading
+import time
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -224,6 +225,25 @@ def get_embedder() -> Embedder:
     # One embedder even when the first requests come at once: each would otherwise load its own model.
     with _embedder_lock:
         return _embedder_from_settings()
+
+
+def preload() -> threading.Thread:
+    """Load the embedder in the background now (daphne and the worker at start-up), so that the first search of
+    a chat does not wait for it."""
+
+    def load() -> None:
+        started = time.monotonic()
+        try:
+            embedder = get_embedder()
+            embedder.embed_one("warm up")
+        except (ImproperlyConfigured, OSError, RuntimeError, ValueError) as exc:
+            logger.warning("the embedding model was not preloaded: %s", exc)
+            return
+        logger.info("embedding model %s loaded in %.1f s", embedder.name, time.monotonic() - started)
+
+    thread = threading.Thread(target=load, name="embedder-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def reset_embedder() -> None:

@@ -22,7 +22,8 @@ class ProviderMetricsInline(admin.StackedInline):
     can_delete = False
     readonly_fields = (
         "circuit_state", "consecutive_failures", "opened_at", "probe_started_at", "total_requests",
-        "successful_requests", "failed_requests", "average_latency_ms", "last_error_at", "last_error", "updated_at",
+        "successful_requests", "failed_requests", "average_latency_ms", "last_error_at", "last_error",
+        "context_tokens", "context_source", "updated_at",
     )  # fmt: skip
     fields = readonly_fields
 
@@ -44,7 +45,7 @@ class ProviderAdmin(admin.ModelAdmin):
     list_select_related = ["metrics"]
     search_fields = ["name", "model"]
     fields = [
-        "name", "kind", "enabled", "priority", "model", "base_url", "connect_timeout_seconds",
+        "name", "kind", "enabled", "priority", "model", "base_url", "context_tokens", "connect_timeout_seconds",
         "read_timeout_seconds", "created_at", "updated_at",
     ]  # fmt: skip
     readonly_fields = ["created_at", "updated_at"]

@@ -24,6 +24,19 @@ class BucketOut(Schema):
     failures: int
 
 
+class EmbeddedHostOut(Schema):
+    running: bool
+    model: str
+    loaded: bool
+    loading: bool
+    error: str
+    load_seconds: float | None
+    context_tokens: int | None
+    tokens_per_second: float | None = Field(..., description="As the host measured it, over its recent replies.")
+    waiting: int = Field(..., description="Requests waiting for the model now.")
+    requests: int
+
+
 class ProviderStatusOut(Schema):
     name: str
     kind: str
@@ -47,6 +60,14 @@ class ProviderStatusOut(Schema):
         ..., description="The last error was a refused key or an unknown model, with no success since."
     )
     buckets: list[BucketOut]
+    context_tokens: int | None = Field(
+        ..., description="The context window prompts are fitted to (None until the provider is first used)."
+    )
+    context_source: str = Field(..., description="admin, server, server's error or default.")
+    tokens_per_second: float | None = Field(
+        ..., description="Tokens generated per second after the first one, over the window's streamed replies."
+    )
+    host: EmbeddedHostOut | None = Field(None, description="The embedded model host (embedded providers only).")
 
 
 class WindowOut(Schema):

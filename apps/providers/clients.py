@@ -19,6 +19,7 @@ import httpx
 import httpx2
 import ollama
 import openai
+from django.conf import settings
 from openai.types.chat import ChatCompletionMessageParam
 
 from apps.events.services import REDACTED
@@ -29,6 +30,8 @@ ErrorClass = ProviderRequest.ErrorClass
 CONFIGURATION_ERRORS = frozenset({ErrorClass.AUTH, ErrorClass.NOT_FOUND})
 # The OpenAI client refuses to start without a key; local OpenAI-compatible servers ignore it.
 NO_KEY = "not-needed"
+# Asking a server for its context window: it answers at once or not at all.
+METADATA_TIMEOUT_SECONDS = 3.0
 
 
 _URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
@@ -55,8 +58,9 @@ class ProviderCallError(Exception):
 
     @property
     def counts_for_breaker(self) -> bool:
-        # A prompt too long for this model is not the provider's fault; the next one may take it.
-        return self.error_class != ErrorClass.CONTEXT_LENGTH
+        # A prompt too long for this model is not the provider's fault, nor is a queue that is full for now: the
+        # next provider may take it, and this one stays in the rotation.
+        return self.error_class not in (ErrorClass.CONTEXT_LENGTH, ErrorClass.BUSY)
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,21 @@ class Chunk:
 
 
 class Client(Protocol):
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply: ...
+    """`window` is the context the prompt was fitted to: a server that takes it per request (Ollama) gets it."""
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]: ...
+    def complete(
+        self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None
+    ) -> Reply: ...
+
+    def stream(
+        self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None
+    ) -> Iterator[Chunk]: ...
 
     def health(self) -> str: ...
+
+    def context_window(self) -> int | None:
+        """The model's context window as the server tells it, None when it does not say."""
+        ...
 
 
 def _is_context_length(message: str) -> bool:
@@ -135,12 +149,16 @@ class OllamaClient:
             return _transport_error(exc, f"Ollama at {self.host}")
         return ProviderCallError(ErrorClass.OTHER, f"Ollama at {self.host}: {type(exc).__name__}: {exc}")
 
-    def _options(self, max_tokens: int | None) -> dict[str, Any]:
-        return {"num_predict": max_tokens} if max_tokens else {}
+    def _options(self, max_tokens: int | None, window: int | None) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_predict": max_tokens} if max_tokens else {}
+        if window:
+            # Ollama cuts a longer prompt silently at its own num_ctx: tell it the window the prompt was fitted to.
+            options["num_ctx"] = window
+        return options
 
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply:
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None) -> Reply:
         try:
-            response = self.client.chat(model=self.model, messages=messages, options=self._options(max_tokens))
+            response = self.client.chat(model=self.model, messages=messages, options=self._options(max_tokens, window))
         except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
             raise self._error(exc) from exc
         content = response.message.content or ""
@@ -151,10 +169,12 @@ class OllamaClient:
             tokens_out=response.eval_count or _estimate_tokens(content),
         )
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]:
+    def stream(
+        self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None
+    ) -> Iterator[Chunk]:
         try:
             for part in self.client.chat(
-                model=self.model, messages=messages, options=self._options(max_tokens), stream=True
+                model=self.model, messages=messages, options=self._options(max_tokens, window), stream=True
             ):
                 if part.done:
                     yield Chunk(part.message.content or "", part.prompt_eval_count, part.eval_count)
@@ -177,23 +197,62 @@ class OllamaClient:
             )
         return f"Ollama at {self.host} is up with {self.model}"
 
+    def context_window(self) -> int | None:
+        """The model's num_ctx if its Modelfile sets one, else its trained context up to DEFAULT_CONTEXT_TOKENS
+        (a 128k window would take more memory for its cache than the model itself)."""
+        try:
+            # A metadata request: a daemon that hangs must not hold the chat for the whole read timeout.
+            answer = httpx.post(
+                f"{self.host.rstrip('/')}/api/show", json={"model": self.model}, timeout=METADATA_TIMEOUT_SECONDS
+            )
+            if answer.status_code != 200:
+                return None
+            shown = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise _transport_error(exc, f"Ollama at {self.host}") from exc
+        match = re.search(r"^\s*num_ctx\s+(\d+)", str(shown.get("parameters") or ""), re.M)
+        if match:
+            return int(match[1])
+        info = shown.get("model_info") or {}
+        trained = [v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int) and v > 0]
+        if trained:
+            return min(trained[0], settings.DEFAULT_CONTEXT_TOKENS)
+        return None
+
 
 # --- OpenAI-compatible APIs (OpenAI, llama.cpp's server, vLLM) ---
 
 
 class OpenAIClient:
-    def __init__(self, *, base_url: str, model: str, timeout: httpx2.Timeout, api_key: str) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        timeout: httpx2.Timeout,
+        api_key: str,
+        transport: httpx2.BaseTransport | None = None,
+        where: str = "",
+    ) -> None:
         self.base_url = base_url
         self.model = model
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=0)
+        self.where = where or f"the API at {base_url}"
+        self.timeout = timeout
+        self.http = httpx2.Client(transport=transport, timeout=timeout) if transport is not None else None
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=0, http_client=self.http
+        )
 
     def _error(self, exc: Exception) -> ProviderCallError:
-        where = f"the API at {self.base_url}"
+        where = self.where
         if isinstance(exc, openai.APIStatusError):
             body_message = exc.message
             error_class = _status_error_class(exc.status_code, body_message)
-            if isinstance(exc.body, dict) and exc.body.get("code") == "context_length_exceeded":
+            code = exc.body.get("code") if isinstance(exc.body, dict) else None
+            if code == "context_length_exceeded":
                 error_class = ErrorClass.CONTEXT_LENGTH
+            elif code == "busy":
+                error_class = ErrorClass.BUSY
             message = f"{where} answered {exc.status_code}: {body_message}"
             if exc.status_code in (401, 403):
                 message = f"{where} refused the key ({exc.status_code}): check OPENAI_API_KEY"
@@ -209,7 +268,7 @@ class OpenAIClient:
             return ProviderCallError(ErrorClass.CONNECTION, f"lost the connection to {where}: {exc}")
         return ProviderCallError(ErrorClass.OTHER, f"{where}: {type(exc).__name__}: {exc}")
 
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply:
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None) -> Reply:
         try:
             response = self.client.chat.completions.create(
                 model=self.model,
@@ -227,20 +286,24 @@ class OpenAIClient:
             tokens_out=usage.completion_tokens if usage else _estimate_tokens(content),
         )
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]:
+    def stream(
+        self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None
+    ) -> Iterator[Chunk]:
         try:
-            for part in self.client.chat.completions.create(
+            # Closed when the caller stops reading: a local server stops generating when its client goes.
+            with self.client.chat.completions.create(
                 model=self.model,
                 messages=cast(list[ChatCompletionMessageParam], messages),
                 max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
-            ):
-                text = (part.choices[0].delta.content or "") if part.choices else ""
-                if part.usage:
-                    yield Chunk(text, part.usage.prompt_tokens, part.usage.completion_tokens)
-                elif text:
-                    yield Chunk(text)
+            ) as response:
+                for part in response:
+                    text = (part.choices[0].delta.content or "") if part.choices else ""
+                    if part.usage:
+                        yield Chunk(text, part.usage.prompt_tokens, part.usage.completion_tokens)
+                    elif text:
+                        yield Chunk(text)
         except (openai.OpenAIError, httpx2.HTTPError, ValueError) as exc:
             raise self._error(exc) from exc
 
@@ -252,9 +315,22 @@ class OpenAIClient:
         if models and self.model not in models:
             raise ProviderCallError(
                 ErrorClass.NOT_FOUND,
-                f"the API at {self.base_url} has no model {self.model!r} (has: {', '.join(models[:10])})",
+                f"{self.where} has no model {self.model!r} (has: {', '.join(models[:10])})",
             )
-        return f"the API at {self.base_url} is up with {self.model}"
+        return f"{self.where} is up with {self.model}"
+
+    def context_window(self) -> int | None:
+        """llama.cpp's server says it at /props; other servers (OpenAI, vLLM) do not, and answer 404."""
+        root = self.base_url.rstrip("/").removesuffix("/v1")
+        try:
+            http = self.http or httpx2.Client(timeout=self.timeout)
+            answer = http.get(f"{root}/props", timeout=httpx2.Timeout(METADATA_TIMEOUT_SECONDS))
+            if answer.status_code != 200:
+                return None
+            n_ctx = answer.json().get("default_generation_settings", {}).get("n_ctx")
+        except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+            raise self._error(exc) from exc
+        return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
 # --- AirLLM (in-process, optional extra) ---
@@ -290,7 +366,7 @@ class AirLLMClient:
                     ) from exc
         return self._model
 
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Reply:
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None) -> Reply:
         model = self._load()
         prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
         try:
@@ -306,13 +382,18 @@ class AirLLMClient:
             content=content, model=self.model_path, tokens_in=prompt_length, tokens_out=_estimate_tokens(content)
         )
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int | None) -> Iterator[Chunk]:
+    def stream(
+        self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None
+    ) -> Iterator[Chunk]:
         reply = self.complete(messages, max_tokens=max_tokens)
         yield Chunk(reply.content, reply.tokens_in, reply.tokens_out)
 
     def health(self) -> str:
         self._load()
         return f"AirLLM loaded {self.model_path}"
+
+    def context_window(self) -> int | None:
+        return None
 
 
 @functools.lru_cache(maxsize=32)
@@ -326,17 +407,28 @@ def _cached_client(kind: str, base_url: str, model: str, connect: float, read: f
         return OpenAIClient(base_url=base_url, model=model, timeout=timeout, api_key=key)
     if kind == Provider.Kind.AIRLLM:
         return AirLLMClient(model_path=model)
+    if kind == Provider.Kind.EMBEDDED:
+        # The one model host of this installation (apps.providers.embedded), over its unix socket (base_url).
+        from apps.providers import embedded
+
+        timeout = httpx2.Timeout(read, connect=connect, pool=connect)
+        return embedded.EmbeddedClient(model=model, timeout=timeout, path=Path(base_url))
     raise ProviderCallError(ErrorClass.NOT_FOUND, f"unknown provider kind {kind!r}")
 
 
 def client_for(provider: Provider) -> Client:
-    if provider.kind != Provider.Kind.AIRLLM and not provider.base_url:
+    if provider.kind not in (Provider.Kind.AIRLLM, Provider.Kind.EMBEDDED) and not provider.base_url:
         raise ProviderCallError(ErrorClass.NOT_FOUND, f"provider {provider.name} has no base URL")
     # The key is read from the environment for each request and is part of the cache key only in memory.
     key = os.environ.get("OPENAI_API_KEY", "") if provider.kind == Provider.Kind.OPENAI else ""
+    base_url = provider.base_url
+    if provider.kind == Provider.Kind.EMBEDDED:
+        from apps.providers import embedded
+
+        base_url = str(embedded.socket_path())
     return _cached_client(
         provider.kind,
-        provider.base_url,
+        base_url,
         provider.model,
         provider.connect_timeout_seconds,
         provider.read_timeout_seconds,

@@ -9,17 +9,24 @@ class Provider(models.Model):
         OLLAMA = "ollama", "Ollama (local)"
         AIRLLM = "airllm", "AirLLM (local)"
         OPENAI = "openai", "OpenAI-compatible API"
+        EMBEDDED = "embedded", "Embedded model (built in)"
 
     name = models.SlugField(max_length=50, unique=True)
     kind = models.CharField(max_length=10, choices=Kind.choices)
     enabled = models.BooleanField(default=True)
     # Lower is tried first.
     priority = models.PositiveSmallIntegerField(default=100)
-    # A model name, or for AirLLM a model directory.
+    # A model name; for AirLLM a model directory; for the embedded model a GGUF file (empty: the packaged one).
     model = models.CharField(max_length=300, blank=True)
     base_url = models.URLField(max_length=300, blank=True)
     connect_timeout_seconds = models.FloatField(default=2.0)
     read_timeout_seconds = models.FloatField(default=120.0)
+    context_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The model's context window in tokens. Empty: ask the server (Ollama, llama.cpp, the embedded "
+        "model say), else DEFAULT_CONTEXT_TOKENS. Prompts are fitted to it.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -37,6 +44,8 @@ class Provider(models.Model):
             return "set AIRLLM_MODEL_PATH, or enable it in the admin"
         if self.kind == self.Kind.OPENAI:
             return "set OPENAI_BASE_URL or OPENAI_API_KEY, or enable it in the admin"
+        if self.kind == self.Kind.EMBEDDED:
+            return "install the model (make setup) or set EMBEDDED_MODEL_PATH, and enable it in the admin"
         return "enable it in the admin"
 
 
@@ -66,6 +75,9 @@ class ProviderMetrics(models.Model):
     # When the current half-open probe was let through; a probe that never reports is replaced after the
     # recovery time, so a caller that died mid-probe cannot hold the breaker half-open for ever.
     probe_started_at = models.DateTimeField(null=True, blank=True)
+    # The context window the router last fitted prompts to, and where it came from (apps.providers.windows).
+    context_tokens = models.PositiveIntegerField(null=True, blank=True)
+    context_source = models.CharField(max_length=20, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -89,6 +101,7 @@ class ProviderRequest(models.Model):
         AUTH = "auth"
         NOT_FOUND = "not_found", "not found"
         CONTEXT_LENGTH = "context_length", "context length"
+        BUSY = "busy"
         OTHER = "other"
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="requests")

@@ -17,13 +17,17 @@ from django.utils import timezone
 
 from apps.events.models import EventType
 from apps.events.services import log_event
-from apps.providers import services
-from apps.providers.clients import Chunk, ProviderCallError, client_for, monotonic_ms
+from apps.providers import services, windows
+from apps.providers.clients import Chunk, ProviderCallError, Reply, client_for, monotonic_ms
+from apps.providers.context import DoesNotFit, Fitted, Message, Prompt, fit, shrink_after
 from apps.providers.models import Provider, ProviderRequest
 from apps.providers.selectors import providers_in_order
 
 SOURCE = "providers.router"
 Clock = Callable[[], datetime]
+# Told of each failover as it happens (from, to, reason), for a page that shows it in place.
+OnFailover = Callable[[str, str, str], None]
+ErrorClass = ProviderRequest.ErrorClass
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,10 @@ class Completion:
     tokens_in: int
     tokens_out: int
     time_to_first_token_ms: int | None = None
+    # What was sent: the window it was fitted to, what history and context went in and what was left out.
+    fitted: Fitted | None = None
+    # The reply was stopped by the caller before the model finished.
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,18 +81,12 @@ class StreamInterrupted(RouterError):
         super().__init__(f"{provider} stopped answering mid-reply: {reason}")
 
 
-def _messages(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
-    prepared = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if system_prompt:
-        prepared.insert(0, {"role": "system", "content": system_prompt})
-    return prepared
-
-
 @dataclass
 class _Call:
     """Shared bookkeeping of one `complete` call across the providers it tries."""
 
     clock: Clock
+    on_failover: OnFailover | None = None
     attempts: list[Attempt] = field(default_factory=list)
     last_failed: Attempt | None = None
 
@@ -114,6 +116,14 @@ class _Call:
                         "error_class": self.last_failed.error_class,
                     },
                 )
+            if self.on_failover is not None:
+                self.on_failover(self.last_failed.provider, provider.name, self.last_failed.reason)
+
+    def too_long(self, provider: Provider, error: DoesNotFit) -> None:
+        # Not sent at all: this model cannot take the message, a later one with a larger window may.
+        attempt = Attempt(provider.name, f"too long for this model: {error}", ErrorClass.CONTEXT_LENGTH, skipped=True)
+        self.attempts.append(attempt)
+        self.last_failed = attempt
 
     def failed(self, provider: Provider, error: ProviderCallError, *, latency_ms: int) -> None:
         services.breaker_record_failure(
@@ -170,52 +180,64 @@ def _candidates(call: _Call) -> Iterator[Provider]:
             call.skip(provider)
 
 
+def _prompt(prompt: Prompt | list[Message], *, system_prompt: str | None, max_tokens: int | None) -> Prompt:
+    if isinstance(prompt, Prompt):
+        return prompt
+    return Prompt.of(prompt, system_prompt=system_prompt, max_tokens=max_tokens)
+
+
 @overload
 def complete(
-    messages: list[dict[str, str]],
+    prompt: Prompt | list[Message],
     *,
     system_prompt: str | None = ...,
     max_tokens: int | None = ...,
     stream: Literal[False] = ...,
     clock: Clock = ...,
+    on_failover: OnFailover | None = ...,
 ) -> Completion: ...
 
 
 @overload
 def complete(
-    messages: list[dict[str, str]],
+    prompt: Prompt | list[Message],
     *,
     system_prompt: str | None = ...,
     max_tokens: int | None = ...,
     stream: Literal[True],
     clock: Clock = ...,
+    on_failover: OnFailover | None = ...,
 ) -> "CompletionStream": ...
 
 
 def complete(
-    messages: list[dict[str, str]],
+    prompt: Prompt | list[Message],
     *,
     system_prompt: str | None = None,
     max_tokens: int | None = None,
     stream: bool = False,
     clock: Clock = timezone.now,
+    on_failover: OnFailover | None = None,
 ) -> "Completion | CompletionStream":
     """The first answer from the providers in order; raises AllProvidersFailed when none answers.
 
+    `prompt` is fitted to each provider's context window (apps.providers.context); a plain list of messages is
+    sent whole, with `system_prompt` first. A provider that still answers "context length exceeded" gets the
+    prompt fitted again, smaller, once, before the next provider is tried.
+
     With stream=True, a CompletionStream: failover happens only until a provider sends its first chunk.
     """
-    if stream:
-        return _complete_stream(messages, system_prompt=system_prompt, max_tokens=max_tokens, clock=clock)
-    call = _Call(clock=clock)
-    prepared = _messages(messages, system_prompt)
+    call = _Call(clock=clock, on_failover=on_failover)
+    parts = _prompt(prompt, system_prompt=system_prompt, max_tokens=max_tokens)
     for provider in _candidates(call):
-        call.before_request(provider)
         started = time.monotonic()
         try:
-            reply = client_for(provider).complete(prepared, max_tokens=max_tokens)
-        except ProviderCallError as error:
-            call.failed(provider, error, latency_ms=monotonic_ms(started))
+            sent = _send(call, provider, parts, stream=stream)
+        except _Failed:
             continue
+        if isinstance(sent, CompletionStream):
+            return sent
+        reply, fitted = sent
         latency_ms = monotonic_ms(started)
         services.breaker_record_success(
             provider,
@@ -232,31 +254,94 @@ def complete(
             latency_ms=latency_ms,
             tokens_in=reply.tokens_in,
             tokens_out=reply.tokens_out,
+            fitted=fitted,
         )
     raise call.all_failed()
 
 
+class _Failed(Exception):
+    """This provider did not answer (recorded in the call's attempts): try the next."""
+
+
+def _send(call: _Call, provider: Provider, parts: Prompt, *, stream: bool) -> "tuple[Reply, Fitted] | CompletionStream":
+    window = windows.window_for(provider)
+    scale = windows.scale_for(provider)
+    for attempt in (1, 2):
+        try:
+            fitted = fit(parts, window=window, scale=scale)
+        except DoesNotFit as error:
+            call.too_long(provider, error)
+            raise _Failed from error
+        if attempt == 1:
+            call.before_request(provider)
+        started = time.monotonic()
+        try:
+            client = client_for(provider)
+            if not stream:
+                return client.complete(fitted.messages, max_tokens=fitted.max_tokens, window=window), fitted
+            rest = client.stream(fitted.messages, max_tokens=fitted.max_tokens, window=window)
+            first = _first_text(rest, provider)
+        except ProviderCallError as error:
+            call.failed(provider, error, latency_ms=monotonic_ms(started))
+            if error.error_class != ErrorClass.CONTEXT_LENGTH or attempt == 2:
+                raise _Failed from error
+            # Our estimate was low, or the window is not what we thought: fit again with the server's figures.
+            shrink = shrink_after(error.message, fitted, scale=scale)
+            window = windows.learned(provider, tokens=shrink.window, scale=shrink.scale)
+            scale = shrink.scale
+            continue
+        ttft_ms = monotonic_ms(started)
+        return CompletionStream(
+            provider, first, rest, started=started, ttft_ms=ttft_ms, clock=call.clock, fitted=fitted
+        )
+    raise _Failed
+
+
 class CompletionStream:
     """Text chunks as they arrive from the provider that answered. After the last one, `completion` holds the
-    whole reply with its figures; an error after the first chunk raises StreamInterrupted."""
+    whole reply with its figures; an error after the first chunk raises StreamInterrupted. `stop()` ends the
+    generation (the connection to the model is closed, which stops a local server generating) and keeps what
+    came so far as the completion, marked stopped."""
 
     def __init__(
-        self, provider: Provider, first: Chunk, rest: Iterator[Chunk], *, started: float, ttft_ms: int, clock: Clock
+        self,
+        provider: Provider,
+        first: Chunk,
+        rest: Iterator[Chunk],
+        *,
+        started: float,
+        ttft_ms: int,
+        clock: Clock,
+        fitted: Fitted | None = None,
     ) -> None:
         self.provider = provider.name
         self.model = provider.model
         self.completion: Completion | None = None
+        self.fitted = fitted
         self._provider = provider
         self._first = first
         self._rest = rest
         self._started = started
         self._ttft_ms = ttft_ms
         self._clock = clock
+        self._iterator: Iterator[str] | None = None
 
     def __iter__(self) -> Iterator[str]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    def stop(self) -> None:
+        iterator = iter(self)
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+    def _run(self) -> Iterator[str]:
         parts: list[str] = []
         tokens_in = tokens_out = None
         chunk: Chunk | None = self._first
+        stopped = False
         try:
             while chunk is not None:
                 if chunk.tokens_in is not None:
@@ -275,9 +360,16 @@ class CompletionStream:
                 model=self.model,
             )
             raise StreamInterrupted(self.provider, error.message, "".join(parts)) from error
-        content = "".join(parts)
+        except GeneratorExit:
+            stopped = True
+            close = getattr(self._rest, "close", None)
+            if close is not None:
+                close()
+        self._finish("".join(parts), tokens_in, tokens_out, stopped=stopped)
+
+    def _finish(self, content: str, tokens_in: int | None, tokens_out: int | None, *, stopped: bool) -> None:
         latency_ms = monotonic_ms(self._started)
-        tokens_in = tokens_in or 0
+        tokens_in = tokens_in or (self.fitted.prompt_tokens if self.fitted else 0)
         tokens_out = tokens_out or max(1, len(content) // 4)
         services.breaker_record_success(
             self._provider,
@@ -296,6 +388,8 @@ class CompletionStream:
             tokens_in=tokens_in,
             tokens_out=tokens_out,
             time_to_first_token_ms=self._ttft_ms,
+            fitted=self.fitted,
+            stopped=stopped,
         )
 
 
@@ -306,22 +400,3 @@ def _first_text(chunks: Iterator[Chunk], provider: Provider) -> Chunk:
         if chunk.text:
             return chunk
     raise ProviderCallError(ProviderRequest.ErrorClass.OTHER, f"{provider.name} ended its stream without any text")
-
-
-def _complete_stream(
-    messages: list[dict[str, str]], *, system_prompt: str | None, max_tokens: int | None, clock: Clock
-) -> CompletionStream:
-    call = _Call(clock=clock)
-    prepared = _messages(messages, system_prompt)
-    for provider in _candidates(call):
-        call.before_request(provider)
-        started = time.monotonic()
-        try:
-            rest = client_for(provider).stream(prepared, max_tokens=max_tokens)
-            first = _first_text(rest, provider)
-        except ProviderCallError as error:
-            call.failed(provider, error, latency_ms=monotonic_ms(started))
-            continue
-        ttft_ms = monotonic_ms(started)
-        return CompletionStream(provider, first, rest, started=started, ttft_ms=ttft_ms, clock=clock)
-    raise call.all_failed()

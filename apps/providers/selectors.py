@@ -96,6 +96,13 @@ class ProviderStatus:
     # A bad key or an unknown model, with no success since: it will not heal by waiting.
     configuration_error: bool
     buckets: list[Bucket]
+    # The window prompts are fitted to, and where it came from (apps.providers.windows); None before first use.
+    context_tokens: int | None = None
+    context_source: str = ""
+    # Tokens generated per second of generation (after the first token) over the window's successful requests.
+    tokens_per_second: float | None = None
+    # The embedded model host, as it says of itself (None: not running, or not this kind).
+    host: "EmbeddedHost | None" = None
 
     @property
     def circuit_label(self) -> str:
@@ -104,6 +111,40 @@ class ProviderStatus:
     @property
     def success_percent(self) -> float | None:
         return None if self.success_rate is None else self.success_rate * 100
+
+
+@dataclass(frozen=True)
+class EmbeddedHost:
+    running: bool
+    model: str = ""
+    loaded: bool = False
+    loading: bool = False
+    error: str = ""
+    load_seconds: float | None = None
+    context_tokens: int | None = None
+    tokens_per_second: float | None = None
+    waiting: int = 0
+    requests: int = 0
+
+
+def embedded_host() -> EmbeddedHost:
+    from apps.providers import embedded  # the status page only: asks the host over its socket, within half a second
+
+    health = embedded.host_health()
+    if health is None:
+        return EmbeddedHost(running=False)
+    return EmbeddedHost(
+        running=True,
+        model=str(health.get("model") or ""),
+        loaded=bool(health.get("loaded")),
+        loading=bool(health.get("loading")),
+        error=str(health.get("error") or ""),
+        load_seconds=health.get("load_seconds"),
+        context_tokens=health.get("n_ctx"),
+        tokens_per_second=health.get("tokens_per_second"),
+        waiting=int(health.get("waiting") or 0),
+        requests=int(health.get("requests") or 0),
+    )
 
 
 @dataclass(frozen=True)
@@ -125,6 +166,8 @@ class _Window:
     bucket_successes: list[int]
     bucket_failures: list[int]
     latencies: list[int] = field(default_factory=list)
+    tokens_out: int = 0
+    generating_ms: int = 0
 
     @classmethod
     def empty(cls, bucket_count: int) -> "_Window":
@@ -145,6 +188,7 @@ def router_status(
     providers = list(providers_in_order(enabled_only=False))
     windows = _windows(start=start, now=now, bucket_seconds=bucket_seconds, bucket_count=len(bucket_starts))
     metrics = {provider.pk: _metrics(provider) for provider in providers}
+    host = embedded_host() if any(p.kind == Provider.Kind.EMBEDDED for p in providers) else None
     last_success = _last_success(
         [pk for pk, m in metrics.items() if m.last_error_class in CONFIGURATION_ERRORS and m.last_error_at]
     )
@@ -165,6 +209,7 @@ def router_status(
                 bucket_starts=bucket_starts,
                 last_success_at=last_success.get(provider.pk),
                 until_half_open=_seconds_until_half_open(metrics[provider.pk], now=now, recovery_seconds=recovery),
+                host=host if provider.kind == Provider.Kind.EMBEDDED else None,
             )
             for provider in providers
         ],
@@ -176,9 +221,9 @@ def _windows(*, start: datetime, now: datetime, bucket_seconds: int, bucket_coun
     rows = (
         ProviderRequest.objects.filter(started_at__gte=start, started_at__lte=now)
         .order_by()
-        .values_list("provider_id", "started_at", "latency_ms", "outcome")
+        .values_list("provider_id", "started_at", "latency_ms", "outcome", "tokens_out", "time_to_first_token_ms")
     )
-    for provider_id, started_at, latency_ms, outcome in rows.iterator(chunk_size=2000):
+    for provider_id, started_at, latency_ms, outcome, tokens_out, ttft_ms in rows.iterator(chunk_size=2000):
         window = windows.get(provider_id)
         if window is None:
             window = windows[provider_id] = _Window.empty(bucket_count)
@@ -187,6 +232,10 @@ def _windows(*, start: datetime, now: datetime, bucket_seconds: int, bucket_coun
         if outcome == ProviderRequest.Outcome.SUCCESS:
             window.latencies.append(latency_ms)
             window.bucket_successes[index] += 1
+            if ttft_ms is not None and tokens_out > 1 and latency_ms > ttft_ms:
+                # Streamed: the time after the first token is generation alone.
+                window.tokens_out += tokens_out - 1
+                window.generating_ms += latency_ms - ttft_ms
         else:
             window.bucket_failures[index] += 1
     return windows
@@ -200,6 +249,7 @@ def _provider_status(
     bucket_starts: list[datetime],
     last_success_at: datetime | None,
     until_half_open: int | None,
+    host: EmbeddedHost | None = None,
 ) -> ProviderStatus:
     latencies = sorted(window.latencies)
     successes = len(latencies)
@@ -235,6 +285,10 @@ def _provider_status(
         last_error_class=metrics.last_error_class,
         configuration_error=configuration_error,
         buckets=[Bucket(*b) for b in zip(bucket_starts, window.bucket_successes, window.bucket_failures, strict=True)],
+        context_tokens=provider.context_tokens or metrics.context_tokens,
+        context_source="admin" if provider.context_tokens else metrics.context_source,
+        tokens_per_second=round(window.tokens_out * 1000 / window.generating_ms, 1) if window.generating_ms else None,
+        host=host,
     )
 
 

@@ -17,7 +17,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from apps.events.services import clean_text, log_event
-from apps.providers import clients
+from apps.providers import clients, embedded
 from apps.providers.models import CircuitState, Provider, ProviderMetrics, ProviderRequest
 
 SOURCE = "providers.breaker"
@@ -44,7 +44,7 @@ class DefaultProvider:
 
 
 def default_providers() -> list[DefaultProvider]:
-    """The three providers of ADR-020 as the settings and environment describe them now."""
+    """The providers of ADR-020, and the embedded model, as the settings and environment describe them now."""
     openai_configured = bool(settings.OPENAI_BASE_URL or os.environ.get("OPENAI_API_KEY"))
     return [
         DefaultProvider("ollama", Provider.Kind.OLLAMA, 1, True, settings.OLLAMA_MODEL, settings.OLLAMA_HOST),
@@ -59,6 +59,8 @@ def default_providers() -> list[DefaultProvider]:
             settings.OPENAI_MODEL,
             settings.OPENAI_BASE_URL or ("https://api.openai.com/v1" if openai_configured else ""),
         ),
+        # Last, so that a configured real model comes first and a fresh install still answers.
+        DefaultProvider("embedded", Provider.Kind.EMBEDDED, 4, True, embedded.default_model_name(), ""),
     ]
 
 

@@ -4,18 +4,28 @@ model the reason and try again, up to SELF_MODIFY_MAX_ATTEMPTS. The result is a 
 passing tests; nothing is merged until a person approves it (apps.upgrades.services).
 
 `propose_branch` puts an existing branch (made by a person or another tool) through the same gate.
+
+The model is shown the part of the repository that matters for the instruction, fitted to its context window by
+the router (apps.providers.context): the files the instruction names, then files whose paths and contents share
+its words (rarer words count more), then the repository's layout. A file too large to go in whole also comes as an
+excerpt around the lines that share those words; every piece says which lines it shows.
 """
 
+import math
 import re
 import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
+from pathlib import Path, PurePosixPath
 
 import git
 from django.conf import settings
 from django.utils.text import slugify
 
 from apps.providers import router
+from apps.providers.context import Message, Prompt, estimate_tokens
 from apps.upgrades import gitops, selectors, services
 from apps.upgrades.models import Upgrade
 
@@ -34,9 +44,27 @@ Keep the change as small as the instruction allows, and keep the tests passing."
 FILE_BLOCK = re.compile(r"^=== FILE: (?P<path>[^\n]+?) ===\n(?P<content>.*?)^=== END FILE ===[ \t]*$", re.M | re.S)
 DELETE_LINE = re.compile(r"^=== DELETE: (?P<path>[^\n]+?) ===[ \t]*$", re.M)
 SUMMARY_LINE = re.compile(r"^=== SUMMARY: (?P<summary>[^\n]+?) ===[ \t]*$", re.M)
-# What the model is shown of the repository: its file list, and the files the instruction names.
-LISTED_FILES_MAX = 400
-SHOWN_CHARS_MAX = 30_000
+
+# The repository is the point of this prompt: it may take most of what the window leaves after the reply's reserve;
+# the rest stays for the reply, which holds whole files (the files shown, changed).
+CONTEXT_SHARE = 0.6
+# A file too large to go in whole also comes as an excerpt this size, small enough for a 2k-token model.
+NAMED_EXCERPT_TOKENS = 450
+RELATED_EXCERPT_TOKENS = 200
+RELATED_FILES_MAX = 6
+LISTED_PATHS_MAX = 15
+# Larger files (vendored bundles, data) and files with longer lines (minified) are listed, never read.
+READ_BYTES_MAX = 200_000
+LINE_CHARS_MAX = 1000
+# A failure told to the model is required in every retry, so it is kept small enough for a 2k-token model.
+FEEDBACK_TOKENS = 400
+# A file's path counts this much more than its content when it shares a word of the instruction.
+PATH_WEIGHT = 3.0
+WORD = re.compile(r"[A-Za-z0-9_]+")
+CAMEL_OR_SNAKE = re.compile(r"_|(?<=[a-z0-9])(?=[A-Z])")
+# Words of an instruction that say nothing about where the change goes, though few files may hold them (words
+# most files hold, like "the", weigh nothing anyway).
+STOP_WORDS = frozenset({"please", "make", "add", "change", "update", "use", "new", "file", "function", "instead"})
 
 
 class DraftFailed(services.UpgradeError):
@@ -70,22 +98,270 @@ def parse_edits(reply: str) -> tuple[list[gitops.FileEdit], str]:
     return edits, summary["summary"].strip() if summary else ""
 
 
-def _context(repo: Path, base: str, instruction: str) -> str:
-    files = git.Repo(repo).git.ls_tree("-r", "--name-only", base).splitlines()
-    shown: list[str] = []
+def terms(text: str) -> Iterator[str]:
+    """The words of `text` as they are compared with an instruction's: lower case, without a plural's `s`, each
+    identifier whole and in its parts (`log_event`, `log`, `event`; `UpgradeRequest`, `upgrade`, `request`)."""
+    for token in WORD.findall(text):
+        yield _stem(token.lower())
+        parts = CAMEL_OR_SNAKE.split(token)
+        if len(parts) > 1:
+            yield from (_stem(part.lower()) for part in parts if len(part) >= 3)
+
+
+def _stem(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    path: str
+    # None: binary, a symlink, larger than READ_BYTES_MAX or minified.
+    text: str | None
+    size: int
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return self.text.splitlines() if self.text else []
+
+    @cached_property
+    def path_terms(self) -> frozenset[str]:
+        return frozenset(terms(self.path))
+
+    @cached_property
+    def content_terms(self) -> Counter[str]:
+        return Counter(terms(self.text)) if self.text else Counter()
+
+
+def repository_files(repo: Path, base: str) -> list[RepoFile]:
+    files = []
+    with git.Repo(repo) as r:
+        for item in r.commit(base).tree.traverse():
+            if not isinstance(item, git.Blob):
+                continue
+            text = None
+            if item.mode in (0o100644, 0o100755) and item.size <= READ_BYTES_MAX:
+                data = item.data_stream.read()
+                if b"\0" not in data and all(len(line) <= LINE_CHARS_MAX for line in data.splitlines()):
+                    text = data.decode("utf-8", errors="replace")
+            files.append(RepoFile(str(item.path), text, item.size))
+    return sorted(files, key=lambda f: f.path)
+
+
+def named_files(instruction: str, files: Sequence[RepoFile]) -> list[RepoFile]:
+    """The files the instruction names, in the order it names them: by path (`apps/upgrades/loop.py`), by module
+    (`apps.upgrades.loop`), or by a file name no other file has (`loop.py`, `Makefile`)."""
+    by_name = Counter(PurePosixPath(f.path).name for f in files)
+    found: list[tuple[int, RepoFile]] = []
+    for f in files:
+        names = [f.path]
+        if f.path.endswith(".py"):
+            names.append(f.path.removesuffix(".py").replace("/", "."))
+        name = PurePosixPath(f.path).name
+        if by_name[name] == 1:
+            names.append(name)
+        for mention in names:
+            match = re.search(rf"(?<![\w./-]){re.escape(mention)}(?![\w/-])", instruction)
+            if match:
+                found.append((match.start(), f))
+                break
+    return [f for _, f in sorted(found, key=lambda pair: (pair[0], pair[1].path))]
+
+
+def _weights(instruction: str, files: Sequence[RepoFile]) -> dict[str, float]:
+    """The instruction's words, each weighted by how few files share it; a word most files share (`apps`, `self`)
+    says nothing about where the change goes."""
+    words = dict.fromkeys(w for w in terms(instruction) if len(w) >= 3 and w not in STOP_WORDS)
+    weights = {}
+    for word in words:
+        shared = sum(1 for f in files if word in f.path_terms or word in f.content_terms)
+        if 0 < shared <= len(files) / 2:
+            weights[word] = math.log((len(files) + 1) / shared)
+    return weights
+
+
+def _score(f: RepoFile, weights: dict[str, float]) -> float:
+    score = 0.0
+    for word, weight in weights.items():
+        if word in f.path_terms:
+            score += PATH_WEIGHT * weight
+        count = f.content_terms[word]
+        if count:
+            score += weight * (1 + math.log(count))
+    return score
+
+
+def related_files(
+    files: Sequence[RepoFile], weights: dict[str, float], *, exclude: Sequence[RepoFile] = ()
+) -> list[RepoFile]:
+    """Files that share the instruction's words, most first."""
+    skip = {f.path for f in exclude}
+    scored = [(score, f) for f in files if f.path not in skip and (score := _score(f, weights)) > 0]
+    return [f for _, f in sorted(scored, key=lambda pair: (-pair[0], pair[1].path))]
+
+
+def _whole(f: RepoFile) -> str:
+    if not f.text:
+        return f"=== {f.path} (whole file: empty) ==="
+    count = len(f.lines)
+    return f"=== {f.path} (whole file, {count} line{'s' if count != 1 else ''}) ===\n{f.text.rstrip(chr(10))}"
+
+
+def _excerpt(f: RepoFile, weights: dict[str, float], budget: int) -> str | None:
+    """Whole lines of `f` within `budget` tokens around the lines that share the instruction's words (from the
+    top when none does), with a header that says which lines are left out; None if not even one line fits."""
+    lines = f.lines
+    costs = [estimate_tokens(line) + 1 for line in lines]
+    # The words that found the file by its path do not tell its lines apart.
+    weights = {word: w for word, w in weights.items() if word not in f.path_terms}
+    scores = [sum(weights.get(word, 0.0) for word in set(terms(line))) for line in lines]
+    # The span of whole lines within the budget with the most weight (the first such span on a tie).
+    best: tuple[float, int, int] | None = None
+    end = used = 0
+    weight = 0.0
+    for start in range(len(lines)):
+        if end < start:
+            end, used, weight = start, 0, 0.0
+        while end < len(lines) and used + costs[end] <= budget:
+            used += costs[end]
+            weight += scores[end]
+            end += 1
+        if end > start:
+            if best is None or weight > best[0]:
+                best = (weight, start, end)
+            used -= costs[start]
+            weight -= scores[start]
+    if best is None:
+        return None
+    _, start, end = best
+    # Centre the lines that matter in the span: from the first to the last of them, widened on both sides in turn.
+    hits = [i for i in range(start, end) if scores[i]] or [start]
+    first, last = hits[0], hits[-1] + 1
+    used = sum(costs[first:last])
+    grown = True
+    while grown:
+        grown = False
+        if first > 0 and used + costs[first - 1] <= budget:
+            first -= 1
+            used += costs[first]
+            grown = True
+        if last < len(lines) and used + costs[last] <= budget:
+            used += costs[last]
+            last += 1
+            grown = True
+    left_out = [f"{a}-{b}" if a != b else str(a) for a, b in ((1, first), (last + 1, len(lines))) if a <= b]
+    header = (
+        f"=== {f.path}, lines {first + 1}-{last} of {len(lines)} only (an excerpt: lines "
+        f"{' and '.join(left_out)} are left out) ==="
+    )
+    return header + "\n" + "\n".join(lines[first:last])
+
+
+def _file_pieces(f: RepoFile, weights: dict[str, float], excerpt_tokens: int) -> list[str]:
+    """The file whole and, when that is larger than `excerpt_tokens`, an excerpt for a model with less room
+    (a piece that does not fit the window is left out by the router's fitting, the next is tried)."""
+    if f.text is None:
+        return [f"=== {f.path} ({f.size:,} bytes): not shown (binary, a symlink, too large or minified) ==="]
+    whole = _whole(f)
+    if estimate_tokens(whole) <= excerpt_tokens:
+        return [whole]
+    excerpt = _excerpt(f, weights, excerpt_tokens)
+    return [whole, excerpt] if excerpt else [whole]
+
+
+def _listing(files: Sequence[RepoFile]) -> str:
+    def described(f: RepoFile) -> str:
+        count = len(f.lines)
+        return f"{f.path} ({count} line{'s' if count != 1 else ''})" if f.text else f"{f.path} ({f.size:,} bytes)"
+
+    return "Files that may matter, most first:\n" + "\n".join(described(f) for f in files)
+
+
+def _layout(files: Sequence[RepoFile]) -> str:
+    """Each top-level directory with its subdirectories and how many files each holds; the top-level files."""
+    top: dict[str, Counter[str]] = {}
+    root: list[str] = []
+    for f in files:
+        parts = PurePosixPath(f.path).parts
+        if len(parts) == 1:
+            root.append(f.path)
+        else:
+            top.setdefault(parts[0], Counter())[parts[1] if len(parts) > 2 else ""] += 1
+    lines = []
+    for directory, counts in top.items():
+        inside = [f"{name}/ ({n})" for name, n in sorted(counts.items()) if name]
+        if counts[""]:
+            inside.insert(0, f"{counts['']} file{'s' if counts[''] != 1 else ''}")
+        lines.append(f"{directory}/ ({sum(counts.values())}): {', '.join(inside)}")
+    if root:
+        lines.append("top level: " + ", ".join(root))
+    return f"Layout ({len(files)} files; files in each directory):\n" + "\n".join(lines)
+
+
+def repository_context(repo: Path, base: str, instruction: str) -> list[str]:
+    """The pieces of the repository at `base` the model is shown for `instruction`, most useful first."""
+    files = repository_files(repo, base)
+    weights = _weights(instruction, files)
+    named = named_files(instruction, files)
+    related = related_files(files, weights, exclude=named)
+    pieces: list[str] = []
+    for f in named:
+        pieces += _file_pieces(f, weights, NAMED_EXCERPT_TOKENS)
+    if related:
+        pieces.append(_listing(related[:LISTED_PATHS_MAX]))
+    for f in related[:RELATED_FILES_MAX]:
+        pieces += _file_pieces(f, weights, RELATED_EXCERPT_TOKENS)
+    pieces.append(_layout(files))
+    return pieces
+
+
+def _bounded(text: str, *, keep_end: bool) -> str:
+    """`text` within FEEDBACK_TOKENS, in whole lines: its last lines (a test run's summary is at the end) or its
+    first, saying how many were left out."""
+    if estimate_tokens(text) <= FEEDBACK_TOKENS:
+        return text
+    lines = text.splitlines()
+    kept: list[str] = []
     used = 0
-    for path in files:
-        if path in instruction and used < SHOWN_CHARS_MAX:
-            content = git.Repo(repo).git.show(f"{base}:{path}")[: SHOWN_CHARS_MAX - used]
-            shown.append(f"=== {path} ===\n{content}\n")
-            used += len(content)
-    listing = "\n".join(files[:LISTED_FILES_MAX]) + ("\n…" if len(files) > LISTED_FILES_MAX else "")
-    return f"Files in the repository:\n{listing}\n\n" + ("Current content:\n" + "".join(shown) if shown else "")
+    for line in reversed(lines) if keep_end else lines:
+        used += estimate_tokens(line) + 1
+        if used > FEEDBACK_TOKENS - 20:
+            break
+        kept.append(line)
+    if not kept:
+        # One line longer than the budget: its end (or start), saying it is cut.
+        chars = (FEEDBACK_TOKENS - 20) * 3
+        if keep_end:
+            return f"(only the last {chars} characters)\n{text[-chars:]}"
+        return f"{text[:chars]}\n(only the first {chars} characters)"
+    left_out = len(lines) - len(kept)
+    if keep_end:
+        return f"(the first {left_out} lines are left out)\n" + "\n".join(reversed(kept))
+    return "\n".join(kept) + f"\n(the last {left_out} lines are left out)"
 
 
-def _ask(messages: list[dict[str, str]]) -> str:
+def draft_prompt(
+    *, context: Sequence[str], base: str, instruction: str, history: Sequence[Message] = (), feedback: str = ""
+) -> Prompt:
+    """What is asked of the model: the edit format and the instruction always, with the latest failure after a
+    failed attempt; the repository context and the earlier attempts as the model's window allows."""
+    ask = f"{feedback}\n\nInstruction: {instruction}" if feedback else f"Instruction: {instruction}"
+    return Prompt(
+        messages=[{"role": "user", "content": ask}],
+        system=SYSTEM_PROMPT,
+        context=context,
+        context_heading=(
+            f"The repository at commit {base[:12]}: the files the instruction names, then files that may be related, "
+            "then its layout. Each file's header says whether it is shown whole or only some of its lines: write "
+            "out in full only files you were shown whole, or new ones"
+        ),
+        context_share=CONTEXT_SHARE,
+        history=tuple(history),
+    )
+
+
+def _ask(prompt: Prompt) -> str:
     try:
-        return router.complete(messages, system_prompt=SYSTEM_PROMPT).content
+        return router.complete(prompt).content
     except router.RouterError as exc:
         raise DraftFailed(f"No model answered: {exc}") from exc
 
@@ -105,20 +381,19 @@ def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
             return earlier
         gitops.discard_branch(where.repo, branch)
     base = gitops.head_sha(where.repo, where.branch)
-    messages = [
-        {
-            "role": "user",
-            "content": f"{_context(where.repo, base, instruction)}\nInstruction: {instruction}",
-        }
-    ]
+    context = repository_context(where.repo, base, instruction)
+    # Earlier attempts, oldest first: sent as far as the window allows; the latest failure always is.
+    history: list[Message] = []
+    feedback = ""
     worktree: Path | None = None
     run: gitops.TestRun | None = None
     summary = ""
     problem = ""
     attempts = 0
     for attempts in range(1, settings.SELF_MODIFY_MAX_ATTEMPTS + 1):
-        reply = _ask(messages)
-        messages.append({"role": "assistant", "content": reply})
+        prompt = draft_prompt(context=context, base=base, instruction=instruction, history=history, feedback=feedback)
+        reply = _ask(prompt)
+        history += [*prompt.messages, {"role": "assistant", "content": reply}]
         head = gitops.head_sha(where.repo, branch) if worktree else base
         try:
             edits, summary = parse_edits(reply)
@@ -142,19 +417,14 @@ def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
             )
         except (DraftFailed, gitops.EditRejected, gitops.NothingToCommit) as exc:
             problem = str(exc)
-            messages.append(
-                {"role": "user", "content": f"That change was refused: {problem}\nReply again, whole files."}
-            )
+            feedback = f"That change was refused: {_bounded(problem, keep_end=False)}\nReply again, whole files."
             continue
         run = services.run_proposal_tests(worktree)
         if run.passed:
             break
         problem = f"the tests failed:\n{run.output_tail}"
-        messages.append(
-            {
-                "role": "user",
-                "content": f"The tests fail with your change:\n{run.output_tail}\nFix it: whole files again.",
-            }
+        feedback = (
+            f"The tests fail with your change:\n{_bounded(run.output_tail, keep_end=True)}\nFix it: whole files again."
         )
     if worktree is None or run is None:
         raise DraftFailed(f"After {attempts} attempt(s) the model gave no usable change: {problem}")

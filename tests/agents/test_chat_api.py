@@ -7,6 +7,7 @@ from apps.agents.models import ChatMessage, ChatSession
 from apps.agents.services import MESSAGE_MAX, chat_send
 from apps.core.services import api_token_create
 from tests.factories import StaffFactory
+from tests.llm_servers import refused_url
 
 CHAT = "/api/v1/chat"
 
@@ -109,3 +110,27 @@ def test_a_staff_browser_session_works_with_its_csrf_token(staff_user, ollama):
     response = client.post(CHAT, {"message": "Hello"}, content_type="application/json", headers={"X-CSRFToken": token})
     assert response.status_code == 200
     assert response.json()["response"] == "Echo: Hello"
+
+
+def test_timmy_answers_paris_on_a_fresh_install(api_client, embedded_model, settings):
+    settings.OLLAMA_HOST = refused_url()  # the first default provider is down; the embedded SmolLM2 answers
+    response = post(api_client, {"message": "What is the capital of France? Answer with one word."})
+    assert response.status_code == 200
+    body = response.json()
+    assert "Paris" in body["response"]
+    assert (body["provider"], body["model"]) == ("embedded", "SmolLM2-135M-Instruct")
+    assert set(body) == {"response", "provider", "model", "session_id"}  # as before the stream was added
+
+
+def test_the_schema_documents_the_streamed_form(api_client):
+    schema = api_client.get("/api/v1/openapi.json").json()
+    operation = schema["paths"][CHAT]["post"]
+    body = schema["components"]["schemas"]["ChatIn"]["properties"]
+    assert body["stream"]["default"] is False
+    content = operation["responses"]["200"]["content"]
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatOut"}
+    events = content["text/event-stream"]
+    for event in ("`chunk`", "`failover`", "`reply`", "`error`"):
+        assert event in events["schema"]["description"]
+    assert "event: chunk\ndata: " in events["example"]
+    assert "tokens_out" in events["example"] and "latency_ms" in events["example"]

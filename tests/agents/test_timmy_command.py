@@ -7,6 +7,7 @@ from django.core.management import CommandError, call_command
 from apps.agents.models import ChatMessage, ChatSession
 from apps.agents.services import chat_send
 from tests.factories import StaffFactory, UserFactory
+from tests.llm_servers import refused_url
 
 
 class Writes(StringIO):
@@ -126,3 +127,15 @@ def test_help_explains_the_chat_command(db, run_manage):
         assert option in result.stdout
     overview = run_manage("timmy", "--help")
     assert "stdout" in overview.stdout and "chat" in overview.stdout
+
+
+def test_timmy_answers_paris_from_a_shell_on_a_fresh_install(transactional_db, run_manage, model_host_process):
+    """As after `make setup`: no Ollama, no API; the command's process reaches the one embedded model host."""
+    UserFactory(username="admin", is_staff=True, is_superuser=True)
+    env = {**model_host_process.env, "OLLAMA_HOST": refused_url()}
+    result = run_manage("timmy", "chat", "--stream", "What is the capital of France? Answer with one word.", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "— embedded · SmolLM2-135M-Instruct" in result.stderr
+    reply = ChatMessage.objects.get(role=ChatMessage.Role.ASSISTANT)
+    assert result.stdout == reply.content + "\n"

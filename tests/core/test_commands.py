@@ -1,17 +1,21 @@
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import CommandError, call_command
@@ -171,24 +175,66 @@ def start_serve(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def test_serve_runs_the_dashboard_and_the_worker_and_stops_both_on_sigterm(transactional_db, subprocess_env):
+def model_host_health(socket_path: Path) -> dict[str, Any] | None:
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), timeout=2) as client:
+            health: dict[str, Any] = client.get("http://model-host/health").json()
+            return health
+    except (httpx.TransportError, ValueError):
+        return None
+
+
+def test_serve_runs_the_dashboard_the_worker_and_the_model_host_preloading_and_stops_all_on_sigterm(
+    transactional_db, subprocess_env
+):
     port = free_port()
     login = f"http://127.0.0.1:{port}/accounts/login/"
-    proc = start_serve(port, subprocess_env)
+    # A short path: a unix socket's address is limited to 107 bytes.
+    socket_path = Path(tempfile.mkdtemp(prefix="timmy-serve-")) / "host.sock"
+    env = {
+        **subprocess_env,
+        "EMBEDDED_SOCKET": str(socket_path),
+        "EMBEDDED_THREADS": "1",
+        "PRELOAD_MODELS": "1",
+        "LOG_LEVEL": "INFO",
+    }
+    log = (socket_path.parent / "serve.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    preloaded = "embedding model all-MiniLM-L6-v2 loaded in"
     children: list[int] = []
     try:
-        deadline = time.monotonic() + 60
-        while http_status(login) != 200 or not WorkerHeartbeat.objects.exists():
+        deadline = time.monotonic() + 90
+        while (
+            http_status(login) != 200
+            or not WorkerHeartbeat.objects.exists()
+            or not (model_host_health(socket_path) or {}).get("loaded")
+            # daphne and the worker each load the embedding model in the background at start-up.
+            or Path(log.name).read_text().count(preloaded) < 2
+        ):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "serve did not start within 60 s"
+            assert time.monotonic() < deadline, f"serve did not start within 90 s:\n{Path(log.name).read_text()}"
             time.sleep(0.2)
         children = children_of(proc.pid)
         beat = WorkerHeartbeat.objects.get()
         assert beat.stopped_at is None
+        health = model_host_health(socket_path)
+        assert health is not None and health["model"] == "SmolLM2-135M-Instruct" and health["loads"] == 1
+        # The host's socket is for this user alone.
+        assert socket_path.stat().st_mode & 0o077 == 0
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=30)
+        stdout, _ = proc.communicate(timeout=30)
+        stderr = Path(log.name).read_text()
     finally:
         kill_all(proc, children)
+        log.close()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
     assert proc.returncode == 0, stderr
     assert f"Dashboard on http://127.0.0.1:{port}/" in stdout
     assert stdout.rstrip().endswith("Stopped.")
@@ -196,6 +242,10 @@ def test_serve_runs_the_dashboard_and_the_worker_and_stops_both_on_sigterm(trans
     # The worker was stopped, not killed: it marked its heartbeat on the way out.
     beat.refresh_from_db()
     assert beat.stopped_at is not None
+    # The model host stopped with the rest and took its socket along; the model loaded while the others started.
+    assert not socket_path.exists()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert f"Model host on {socket_path}" in stdout
 
 
 def test_serve_stops_the_worker_and_fails_when_the_dashboard_cannot_start(transactional_db, subprocess_env):

@@ -1,14 +1,16 @@
 """Timmy's chat and the router's status page in a real browser, against daphne and a local model server."""
 
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from apps.providers.models import CircuitState, Provider, ProviderMetrics
 from apps.providers.services import breaker_record_failure, breaker_record_success
-from tests.e2e.conftest import RecordedPage
+from tests.e2e.conftest import RecordedPage, WebServer, log_in
 from tests.llm_servers import OllamaServer, refused_url
 from tests.providers.factories import ProviderFactory
 
@@ -34,12 +36,13 @@ def test_chat_answers_through_the_local_model_and_keeps_the_conversation(staff_p
     say(page, "What is a <sat>?")
     conversation = page.locator("#conversation")
     # The web process loads the embedding model for Timmy's memory on its first message: seconds, once.
-    expect(conversation.locator(".chat-assistant")).to_have_count(1, timeout=FIRST_MESSAGE_MS)
+    expect(conversation.locator(".chat-assistant .chat-meta")).to_contain_text(
+        "via ollama · llama3.2", timeout=FIRST_MESSAGE_MS
+    )
     expect(conversation).to_contain_text("Echo: What is a <sat>?")  # shown as text, not markup
-    expect(conversation.locator(".chat-assistant")).to_contain_text("via ollama · llama3.2")
 
     say(page, "And a millisat?")
-    expect(conversation.locator(".chat-assistant")).to_have_count(2)
+    expect(conversation.locator(".chat-assistant .chat-meta")).to_have_count(2)
     # The second request carried the first exchange: the conversation is one history.
     sent = [m["content"] for m in model_server.chats[-1]["messages"] if m["role"] != "system"]
     assert sent == ["What is a <sat>?", "Echo: What is a <sat>?", "And a millisat?"]
@@ -48,6 +51,24 @@ def test_chat_answers_through_the_local_model_and_keeps_the_conversation(staff_p
     expect(conversation.locator(".chat-msg")).to_have_count(4)
     page.get_by_role("button", name="New conversation").click()
     expect(conversation.locator(".chat-msg")).to_have_count(0)
+
+
+def test_chat_works_without_javascript(browser: Browser, web_server: WebServer, staff: Any, model_server):
+    context = browser.new_context(base_url=web_server.url, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        log_in(page, staff.username, next_path="/chat")
+        expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+        page.get_by_label("Message").fill("Hello without scripts")
+        page.get_by_role("button", name="Send").click()
+        # The plain form: the page comes back with the exchange (no streaming).
+        expect(page.locator("#conversation .chat-assistant")).to_contain_text(
+            "Echo: Hello without scripts", timeout=FIRST_MESSAGE_MS
+        )
+        assert urlsplit(page.url).path == "/chat"
+        expect(page.locator(".chat-sessions a")).to_contain_text("Hello without scripts")
+    finally:
+        context.close()
 
 
 def test_chat_says_plainly_when_no_model_answers(staff_page: Page, transactional_db):

@@ -25,14 +25,17 @@ def providers() -> dict[str, Provider]:
     return {p.name: p for p in Provider.objects.all()}
 
 
-def test_defaults_on_a_bare_machine_enable_only_the_local_ollama(db, bare_environment):
+def test_defaults_on_a_bare_machine_enable_the_local_ollama_and_the_embedded_model_last(db, bare_environment):
     created = providers_ensure_defaults()
-    assert [p.name for p in created] == ["ollama", "airllm", "openai"]
+    assert [p.name for p in created] == ["ollama", "airllm", "openai", "embedded"]
     rows = providers()
     assert (rows["ollama"].enabled, rows["ollama"].priority) == (True, 1)
     assert (rows["ollama"].base_url, rows["ollama"].model) == ("http://127.0.0.1:11434", "llama3.2")
     assert (rows["airllm"].enabled, rows["airllm"].priority) == (False, 2)
     assert (rows["openai"].enabled, rows["openai"].priority) == (False, 3)
+    # A fresh install answers: the packaged SmolLM2, after every model the operator configures.
+    assert (rows["embedded"].enabled, rows["embedded"].priority, rows["embedded"].kind) == (True, 4, "embedded")
+    assert rows["embedded"].model == "SmolLM2-135M-Instruct"
     assert all(p.metrics.circuit_state == "closed" for p in rows.values())
 
 

@@ -110,8 +110,10 @@ def test_each_failure_class_fails_over_and_only_provider_faults_count_for_the_br
     first = ollama("local", ollama_server.url, 1, read_timeout_seconds=0.3)
     ollama("backup", backup_server.url, 2)
     assert router.complete(HELLO).provider == "backup"
-    record = ProviderRequest.objects.get(provider=first)
-    assert (record.outcome, record.error_class) == ("failure", error_class)
+    records = list(ProviderRequest.objects.filter(provider=first))
+    # A prompt too long is fitted again, smaller, and retried once on the same provider before failing over.
+    assert len(records) == (2 if error_class == "context_length" else 1)
+    assert {(r.outcome, r.error_class) for r in records} == {("failure", error_class)}
     state = metrics(first)
     assert state.consecutive_failures == (1 if counts else 0)
     assert state.last_error_class == error_class
@@ -154,9 +156,12 @@ def test_with_no_provider_rows_the_defaults_from_the_environment_are_created_and
     settings.OLLAMA_HOST = refused_url()
     with pytest.raises(router.AllProvidersFailed) as caught:
         router.complete(HELLO)
-    assert set(Provider.objects.values_list("name", flat=True)) == {"ollama", "airllm", "openai"}
+    assert set(Provider.objects.values_list("name", flat=True)) == {"ollama", "airllm", "openai", "embedded"}
     assert "ollama: cannot connect" in str(caught.value)
     assert "airllm: disabled (set AIRLLM_MODEL_PATH" in str(caught.value)
+    # No model host in this test: the embedded provider says how to start one.
+    assert "embedded: the embedded model host is not running" in str(caught.value)
+    assert "`make run` starts it" in str(caught.value)
 
 
 def test_a_provider_that_failed_once_is_tried_again_on_the_next_request(db, ollama_server, backup_server):

@@ -86,6 +86,11 @@ def test_status_gives_every_provider_in_order_with_its_figures(api_client):
         "last_error": "read timeout talking to Ollama",
         "last_error_class": "timeout",
         "configuration_error": False,
+        # Never used through the router: no window asked yet; no streamed reply to time.
+        "context_tokens": None,
+        "context_source": "",
+        "tokens_per_second": None,
+        "host": None,
     }
     assert len(buckets) == 12
     assert buckets[-1]["successes"] == 4 and buckets[-1]["failures"] == 1

@@ -372,3 +372,24 @@ def test_the_api_key_never_reaches_the_page_even_after_an_auth_failure(staff_cli
     assert key not in html
     assert "apikey:" not in html
     assert key not in staff_client.get(STATUS).content.decode()
+
+
+def test_the_embedded_provider_shows_its_model_host_its_window_and_tokens_per_second(
+    staff_client, embedded_model, settings
+):
+    settings.OLLAMA_HOST = refused_url()
+    from apps.providers import router
+
+    stream = router.complete([{"role": "user", "content": "Name three colours."}], stream=True)
+    assert "".join(stream)
+    html = card(staff_client.get(STATUS).content.decode(), "embedded")
+    assert "loaded SmolLM2-135M-Instruct in" in html and "2048 tokens of context" in html
+    assert re.search(r"2048 tokens <span class=\"muted\">\(server\)</span>", html)
+    assert re.search(r'class="tokens-per-second">\d+\.\d tokens/s', html)
+
+
+def test_without_a_model_host_the_embedded_provider_says_how_to_start_one(staff_client, settings, tmp_path):
+    settings.EMBEDDED_SOCKET = str(tmp_path / "none.sock")
+    ProviderFactory(name="embedded", kind=Provider.Kind.EMBEDDED, model="SmolLM2-135M-Instruct", base_url="")
+    html = card(staff_client.get(STATUS).content.decode(), "embedded")
+    assert "not running" in html and "make run" in html

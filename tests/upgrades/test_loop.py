@@ -49,8 +49,8 @@ def test_a_change_is_proposed_tested_on_its_own_branch_and_the_live_tree_is_unto
     assert "+def sub(a, b):" in upgrade.diff and upgrade.base_commit == before[0]
     assert (upgrade.description, upgrade.risk) == ("Add sub", "high")  # tests/ runs when anyone runs the suite
     assert Path(upgrade.worktree_path).is_relative_to(Path(repo).parent / "data" / "worktrees")
-    # The model was shown the file the instruction names.
-    assert CALC in server.chats[0]["messages"][-1]["content"]
+    # The model was shown the file the instruction names (the repository context follows the system prompt).
+    assert CALC in server.chats[0]["messages"][0]["content"]
     assert Event.objects.filter(event_type="upgrade.proposed").count() == 1
 
 

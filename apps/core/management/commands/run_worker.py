@@ -2,10 +2,12 @@ import signal
 from types import FrameType
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from apps.core.services import worker_default_id
 from apps.core.worker import Worker
+from apps.memory import embeddings
 
 
 class Command(BaseCommand):
@@ -30,6 +32,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, on_signal)
 
         worker.start()
+        if settings.PRELOAD_MODELS and not options["once"]:
+            embeddings.preload()
         self.stdout.write(f"Worker {worker.worker_id} running {len(worker.steps)} step(s).")
         try:
             if options["once"]:

@@ -8,16 +8,26 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.providers import embedded
+
+MODEL_HOST_RESTARTS = 3
+
 
 class Command(BaseCommand):
     help = (
-        "Run the dashboard (daphne) and the worker together, as `make run` does. Ctrl-C or SIGTERM stops both; "
-        "if either exits, the other is stopped too."
+        "Run the dashboard (daphne), the worker and the embedded model host together, as `make run` does. Ctrl-C "
+        "or SIGTERM stops them all; if the dashboard or the worker exits, the rest are stopped too. The model host "
+        "is restarted if it dies, and not started when one already runs (`manage.py model_host`)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=settings.HOST)
         parser.add_argument("--port", type=int, default=settings.PORT)
+        parser.add_argument(
+            "--no-model-host",
+            action="store_true",
+            help="Do not start the embedded model host (apps.providers.embedded).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         python = sys.executable
@@ -33,17 +43,29 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_signal)
 
         # Own process groups: Ctrl-C reaches only this command, which then stops the children in order.
-        procs = {
-            "web": subprocess.Popen(web, cwd=settings.BASE_DIR, start_new_session=True),
-            "worker": subprocess.Popen(worker, cwd=settings.BASE_DIR, start_new_session=True),
-        }
+        model_host = [python, "manage.py", "model_host"]
+        start_model_host = not options["no_model_host"] and not embedded.host_running()
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        # First, so that the model loads while daphne and the worker start.
+        if start_model_host:
+            procs["model host"] = subprocess.Popen(model_host, cwd=settings.BASE_DIR, start_new_session=True)
+        procs["web"] = subprocess.Popen(web, cwd=settings.BASE_DIR, start_new_session=True)
+        procs["worker"] = subprocess.Popen(worker, cwd=settings.BASE_DIR, start_new_session=True)
         self.stdout.write(f"Dashboard on http://{options['host']}:{options['port']}/  (Ctrl-C stops everything)")
         failed = ""
+        host_restarts = 0
         while not stopping:
             for name, proc in procs.items():
-                if proc.poll() is not None:
-                    failed = f"{name} exited with status {proc.returncode}"
-                    stopping = True
+                if proc.poll() is None:
+                    continue
+                if name == "model host" and host_restarts < MODEL_HOST_RESTARTS:
+                    # Chats fail over meanwhile; the dashboard and the worker need not stop for it.
+                    host_restarts += 1
+                    self.stderr.write(f"The model host exited with status {proc.returncode}; restarting it.")
+                    procs[name] = subprocess.Popen(model_host, cwd=settings.BASE_DIR, start_new_session=True)
+                    continue
+                failed = f"{name} exited with status {proc.returncode}"
+                stopping = True
             time.sleep(0.2)
         for proc in procs.values():
             if proc.poll() is None:
