@@ -66,6 +66,9 @@ class Prompt:
     history: Sequence[Message] = ()
     # The most the reply may take; None lets it use the room left.
     max_tokens: int | None = None
+    # The least room the reply must keep whatever else is left out (up to half the window): a reply that must hold
+    # whole files needs more than the usual quarter.
+    reply_min_tokens: int | None = None
 
     @classmethod
     def of(
@@ -100,8 +103,10 @@ class Fitted:
         }
 
 
-def reply_reserve(window: int, max_tokens: int | None) -> int:
+def reply_reserve(window: int, max_tokens: int | None, reply_min_tokens: int | None = None) -> int:
     reserve = min(max(window // 4, REPLY_MIN_TOKENS), REPLY_RESERVE_MAX_TOKENS)
+    if reply_min_tokens:
+        reserve = max(reserve, min(reply_min_tokens, window // 2))
     return min(reserve, max_tokens) if max_tokens else reserve
 
 
@@ -111,7 +116,7 @@ def fit(prompt: Prompt, *, window: int, scale: float = 1.0) -> Fitted:
     `scale` multiplies every estimate (above 1 after a server said the prompt was too long). Raises DoesNotFit
     when the system prompt and the messages alone leave less than the reply's reserve.
     """
-    reserve = reply_reserve(window, prompt.max_tokens)
+    reserve = reply_reserve(window, prompt.max_tokens, prompt.reply_min_tokens)
     budget = window - reserve
     system_message = {"role": "system", "content": prompt.system} if prompt.system else None
     required = [system_message] if system_message else []

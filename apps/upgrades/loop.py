@@ -48,6 +48,8 @@ SUMMARY_LINE = re.compile(r"^=== SUMMARY: (?P<summary>[^\n]+?) ===[ \t]*$", re.M
 # The repository is the point of this prompt: it may take most of what the window leaves after the reply's reserve;
 # the rest stays for the reply, which holds whole files (the files shown, changed).
 CONTEXT_SHARE = 0.6
+# The least room for a reply, which holds whole files (up to half the window on a small model).
+REPLY_MIN_TOKENS = 1024
 # A file too large to go in whole also comes as an excerpt this size, small enough for a 2k-token model.
 NAMED_EXCERPT_TOKENS = 450
 RELATED_EXCERPT_TOKENS = 200
@@ -356,6 +358,8 @@ def draft_prompt(
         ),
         context_share=CONTEXT_SHARE,
         history=tuple(history),
+        # The reply holds whole files: earlier attempts are dropped before it gets less room than this.
+        reply_min_tokens=REPLY_MIN_TOKENS,
     )
 
 

@@ -21,6 +21,7 @@ from tests.llm_servers import ModelHostProcess
 pytestmark = pytest.mark.e2e
 
 TASKS_SECONDS = 90
+WORKERS_START_SECONDS = 30
 
 
 def api(server: WebServer, token: str, path: str, payload: dict[str, Any]) -> Any:
@@ -57,6 +58,11 @@ def test_the_web_server_and_two_workers_share_one_loaded_model(
     try:
         for worker in workers:
             worker.start()
+        # Agents bid only when a task is posted: post once both workers have brought theirs online.
+        deadline = time.monotonic() + WORKERS_START_SECONDS
+        while not all("step(s)." in worker.output() for worker in workers):
+            assert time.monotonic() < deadline, "\n".join(w.output() for w in workers)
+            time.sleep(0.2)
         _, token = api_token_create(user=StaffFactory())
         reply = api(web, token, "/chat", {"message": "What is the capital of France? Answer in one word."})
         assert reply["provider"] == "embedded" and "paris" in reply["response"].lower()

@@ -134,3 +134,11 @@ def test_a_long_conversation_is_fitted_again_after_llama_cpp_refuses_it_and_answ
     # Learned: the next request is fitted to 256 at once.
     router.complete(prompt)
     assert ProviderRequest.objects.filter(provider=provider, outcome="failure").count() == 1
+
+
+def test_a_reply_that_needs_room_keeps_it_and_the_oldest_history_goes_first():
+    prompt = Prompt(messages=[{"role": "user", "content": "and now?"}], history=conversation(30), reply_min_tokens=1024)
+    fitted = fit(prompt, window=2048)
+    assert fitted.max_tokens >= 1024 and fitted.history_dropped > 0
+    # Never more than half a small window.
+    assert fit(Prompt(messages=[{"role": "user", "content": "hi"}], reply_min_tokens=4096), window=512).max_tokens < 512

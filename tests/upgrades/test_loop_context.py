@@ -178,8 +178,9 @@ def assert_fitted(chat: dict) -> None:
 
 
 def test_retries_send_the_latest_failure_and_the_earlier_attempts_that_fit_oldest_dropped_first(small_model):
-    # Each reply takes about 700 tokens: one earlier attempt fits beside the prompt, two do not.
-    replies = [f"Attempt {n}: " + "I would rather describe the change. " * 58 for n in (1, 2, 3)]
+    # Each reply takes about 370 tokens: with the reply's 1,024 kept, one earlier attempt fits beside the prompt, two
+    # do not.
+    replies = [f"Attempt {n}: " + "I would rather describe the change. " * 30 for n in (1, 2, 3)]
     server = small_model(*replies)
     with pytest.raises(loop.DraftFailed, match="3 attempt"):
         loop.draft(instruction="Add a sub function to pkg/calc.py")
