@@ -280,6 +280,8 @@ DEFAULT_CONTEXT_TOKENS = env.int("DEFAULT_CONTEXT_TOKENS", default=4096)
 # minilm, or hashed.
 EMBEDDING_MODEL_PATH = env.str("EMBEDDING_MODEL_PATH", default="")
 EMBEDDING_BACKEND = env.str("EMBEDDING_BACKEND", default="auto")
+# torch's threads for the embedding model in each process (more only speeds up embedding many memories at once).
+EMBEDDING_THREADS = env.int("EMBEDDING_THREADS", default=1)
 # A new memory this similar (cosine) to one of the same owner is a near-duplicate: the old one is bumped instead.
 MEMORY_NEAR_DUPLICATE = env.float("MEMORY_NEAR_DUPLICATE", default=0.95)
 # Per-request records behind the status page's percentiles and chart; the metrics keep their totals.

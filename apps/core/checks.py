@@ -53,9 +53,17 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         "LOGIN_FAILURES_PER_ACCOUNT",
         "LOGIN_FAILURES_PER_ADDRESS",
         "LOGIN_LOCKOUT_MINUTES",
+        "EMBEDDED_THREADS",
+        "EMBEDDING_THREADS",
     ):
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))
+    # Below these a prompt has no room: Timmy's system prompt alone is about 150 tokens.
+    for name, least in (("EMBEDDED_CONTEXT_TOKENS", 256), ("DEFAULT_CONTEXT_TOKENS", 256)):
+        if getattr(settings, name) < least:
+            errors.append(Error(f"{name} must be at least {least} tokens.", id="timmy.E006"))
+    if settings.EMBEDDED_QUEUE_MAX < 0:
+        errors.append(Error("EMBEDDED_QUEUE_MAX must be 0 (no waiting) or more.", id="timmy.E006"))
     if settings.CHAT_HISTORY_MESSAGES < 0:
         errors.append(Error("CHAT_HISTORY_MESSAGES must be 0 (no history) or more.", id="timmy.E008"))
     if not 0 < settings.ACTIVITY_FEED_POLL_SECONDS <= 10:

@@ -86,6 +86,12 @@ class SentenceTransformerEmbedder:
         if not self.path.is_dir():
             raise ImproperlyConfigured(f"embedding model directory {self.path} does not exist")
         sentence_transformers = _import_sentence_transformers()
+        import torch  # installed with sentence-transformers
+
+        # One sentence at a time needs no thread team; and an idle OpenMP team spins for a while after each encode,
+        # on the cores the model host is using to read the prompt: with torch's default (every core), the streamed
+        # API's first token came 109 ms later than llama-cpp-python's alone, with one thread 5 ms (bench/llm.py).
+        torch.set_num_threads(settings.EMBEDDING_THREADS)
         # A local directory needs no network; local_files_only makes sure nothing asks the Hugging Face hub.
         model = sentence_transformers.SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         dimensions = model.get_embedding_dimension()

@@ -50,6 +50,8 @@ BASE_URL = "http://model-host/v1"
 WHERE = "the embedded model host"
 # Longest path a unix socket address takes on Linux (sun_path is 108 bytes with its NUL).
 SOCKET_PATH_MAX = 107
+# A streamed reply's pieces after the first are sent together at most this often.
+STREAM_FLUSH_SECONDS = 0.05
 # Requests/s figures are kept over this many recent requests.
 RECENT = 20
 
@@ -449,14 +451,40 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
+        # The first piece goes at once; after it, what came in each STREAM_FLUSH_SECONDS goes as one event. An event
+        # a token costs every reader (the OpenAI client, the router, daphne) about a millisecond of CPU each, on
+        # the cores llama.cpp is using: measured, chat went from 0.94 to 1.01 of direct llama-cpp-python's
+        # tokens/s and the streamed API from 0.92 to 0.95 (bench/llm.py).
+        pending: list[str] = []
+        flushed_at = 0.0
+
+        def flush() -> None:
+            nonlocal flushed_at
+            if pending:
+                delta = {"index": 0, "delta": {"content": "".join(pending)}, "finish_reason": None}
+                self._event(
+                    {"id": reply.id, "object": "chat.completion.chunk", "model": reply.model, "choices": [delta]}
+                )
+                pending.clear()
+            flushed_at = time.monotonic()
+
         for chunk in chunks:
             looping = reply.add(chunk)
-            chunk["model"] = reply.model
-            self._event(chunk)
+            text = _text(chunk)
+            if text:
+                pending.append(text)
+                if reply.tokens == 1 or time.monotonic() - flushed_at >= STREAM_FLUSH_SECONDS:
+                    flush()
+            else:  # the role, or the end with its finish reason
+                flush()
+                chunk["model"] = reply.model
+                self._event(chunk)
             if looping:
+                flush()
                 end = {"index": 0, "delta": {}, "finish_reason": "stop"}
                 self._event({"id": reply.id, "object": "chat.completion.chunk", "model": reply.model, "choices": [end]})
                 return
+        flush()
 
     def _event(self, payload: dict[str, Any]) -> None:
         self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")

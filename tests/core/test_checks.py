@@ -116,3 +116,15 @@ def test_a_login_throttle_that_would_refuse_every_sign_in_is_caught_at_start_up(
     messages = [m.msg for m in run_checks() if m.id == "timmy.E006"]
     assert "LOGIN_FAILURES_PER_ACCOUNT must be at least 1." in messages
     assert "LOGIN_LOCKOUT_MINUTES must be at least 1." in messages
+
+
+def test_a_model_setting_that_leaves_no_room_or_no_thread_is_caught_at_start_up(settings):
+    settings.EMBEDDED_CONTEXT_TOKENS = 64
+    settings.EMBEDDED_THREADS = 0
+    settings.EMBEDDING_THREADS = 0
+    settings.EMBEDDED_QUEUE_MAX = -1
+    messages = [m.msg for m in run_checks() if m.id == "timmy.E006"]
+    assert "EMBEDDED_CONTEXT_TOKENS must be at least 256 tokens." in messages
+    assert "EMBEDDED_THREADS must be at least 1." in messages
+    assert "EMBEDDING_THREADS must be at least 1." in messages
+    assert "EMBEDDED_QUEUE_MAX must be 0 (no waiting) or more." in messages
