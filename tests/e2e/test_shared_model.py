@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from apps.core.services import api_token_create
 from apps.events.models import Event
 from apps.providers.models import Provider
 from apps.providers.services import providers_ensure_defaults
-from apps.swarm.models import Task
+from apps.swarm.models import Agent, Persona, Task
 from tests.e2e.conftest import WebServer, Worker, _subprocess_overrides
-from tests.factories import StaffFactory
+from tests.factories import StaffFactory, TaskFactory
 from tests.llm_servers import ModelHostProcess
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +59,7 @@ def test_the_web_server_and_two_workers_share_one_loaded_model(
     try:
         for worker in workers:
             worker.start()
-        # Agents bid only when a task is posted: post once both workers have brought theirs online.
+        # The agents are registered by the workers as they start.
         deadline = time.monotonic() + WORKERS_START_SECONDS
         while not all("step(s)." in worker.output() for worker in workers):
             assert time.monotonic() < deadline, "\n".join(w.output() for w in workers)
@@ -66,8 +67,17 @@ def test_the_web_server_and_two_workers_share_one_loaded_model(
         _, token = api_token_create(user=StaffFactory())
         reply = api(web, token, "/chat", {"message": "What is the capital of France? Answer in one word."})
         assert reply["provider"] == "embedded" and "paris" in reply["response"].lower()
+        # Assigned already, as an auction leaves them: the workers run them through the model. (The auction
+        # itself, and when agents come online to bid, are tested in tests/swarm.)
+        echo = Agent.objects.get(persona=Persona.ECHO)
         for topic in ("the bicycle", "the lighthouse"):
-            api(web, token, "/tasks", {"description": f"Summarise the history of {topic} in two sentences."})
+            TaskFactory(
+                description=f"Summarise the history of {topic} in two sentences.",
+                status=Task.Status.ASSIGNED,
+                assigned_agent=echo,
+                winning_bid_sats=80,
+                assigned_at=timezone.now(),
+            )
         deadline = time.monotonic() + TASKS_SECONDS
         while Task.objects.filter(status=Task.Status.COMPLETED).count() < 2:
             failed = Task.objects.filter(status=Task.Status.FAILED).first()
