@@ -18,7 +18,6 @@ from tests.llm_servers import ModelHostProcess
 
 pytestmark = pytest.mark.e2e
 
-TASKS_SECONDS = 90
 WORKERS_START_SECONDS = 30
 
 
