@@ -206,6 +206,9 @@ LOGGING = {
 
 # Swarm auctions: how long idle agents have to bid after a task is posted.
 AUCTION_SECONDS = env.int("AUCTION_SECONDS", default=15)
+# An auction that closes with no bid while no agent could bid (none online: no worker yet; or all busy) is extended
+# by AUCTION_SECONDS up to this many times before the task fails.
+AUCTION_MAX_EXTENSIONS = env.int("AUCTION_MAX_EXTENSIONS", default=3)
 # A running task (and an upgrade being applied, a change request being drafted) whose worker stopped renewing its
 # lease for this long is recovered; after TASK_MAX_ATTEMPTS claims it fails instead.
 TASK_LEASE_SECONDS = env.int("TASK_LEASE_SECONDS", default=300)
@@ -221,17 +224,26 @@ WORKER_STALE_SECONDS = env.float("WORKER_STALE_SECONDS", default=30.0)
 WORKER_STEPS = [
     "apps.swarm.worker.recover_stale_tasks",
     "apps.swarm.worker.close_due_auctions",
-    "apps.agents.worker.run_assigned_tasks",
     "apps.providers.worker.prune_requests",
     "apps.ledger.worker.pay_completed_tasks",
     "apps.ledger.worker.expire_invoices",
     "apps.ledger.worker.reconcile_pending",
     "apps.upgrades.worker.recover_stale_upgrades",
-    "apps.upgrades.worker.apply_approved_upgrades",
-    "apps.upgrades.worker.run_upgrade_requests",
     "apps.upgrades.worker.time_out_upgrades",
     "apps.upgrades.worker.prune_upgrades",
 ]
+# Work that waits on a model or a test suite, claimed (with a renewed lease) by these job sources in turn and run in
+# a pool of WORKER_CONCURRENCY threads per worker, while the steps above keep their cadence.
+WORKER_JOBS = [
+    "apps.agents.worker.claim_task",
+    "apps.upgrades.worker.claim_upgrade_request",
+    "apps.upgrades.worker.claim_approved_upgrade",
+    "apps.upgrades.worker.claim_rollback",
+]
+WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=2)
+# On SIGTERM or Ctrl-C a worker stops claiming at once; its running jobs get this long to finish, then their claims
+# are handed back for another worker to resume at once.
+WORKER_GRACE_SECONDS = env.float("WORKER_GRACE_SECONDS", default=20.0)
 # Timmy's chat: how many earlier messages of a conversation go with each new one (small local models have
 # small context windows).
 CHAT_HISTORY_MESSAGES = env.int("CHAT_HISTORY_MESSAGES", default=20)

@@ -364,8 +364,13 @@ def task_run(*, task_id: int, worker_id: str, lease_seconds: int | None = None) 
     idle again), with tool.called / tool.completed events around the model call. Raises TaskWrongState when
     the task is no longer assigned (another worker claimed it first).
     """
+    task = swarm_services.task_start(task_id=task_id, worker_id=worker_id, lease_seconds=lease_seconds)
+    return task_work(task=task, worker_id=worker_id, lease_seconds=lease_seconds)
+
+
+def task_work(*, task: Task, worker_id: str, lease_seconds: int | None = None) -> Task:
+    """The model call and outcome of a task this worker started (swarm task_start), renewing its lease meanwhile."""
     lease = settings.TASK_LEASE_SECONDS if lease_seconds is None else lease_seconds
-    task = swarm_services.task_start(task_id=task_id, worker_id=worker_id, lease_seconds=lease)
     agent = task.assigned_agent
     persona = agent.persona if agent is not None else Persona.TIMMY
     if persona == Persona.FORGE and settings.FORGE_PROPOSES_UPGRADES:

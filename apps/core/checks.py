@@ -33,11 +33,16 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         )
     if settings.TASK_MAX_ATTEMPTS < 1:
         errors.append(Error("TASK_MAX_ATTEMPTS must be at least 1.", id="timmy.E003"))
-    for path in settings.WORKER_STEPS:
-        try:
-            import_string(path)
-        except ImportError as exc:
-            errors.append(Error(f"WORKER_STEPS entry {path!r} cannot be imported: {exc}", id="timmy.E004"))
+    for name in ("WORKER_STEPS", "WORKER_JOBS"):
+        for path in getattr(settings, name):
+            try:
+                import_string(path)
+            except ImportError as exc:
+                errors.append(Error(f"{name} entry {path!r} cannot be imported: {exc}", id="timmy.E004"))
+    if not 0 <= settings.AUCTION_MAX_EXTENSIONS <= 1000:
+        errors.append(Error("AUCTION_MAX_EXTENSIONS must be between 0 and 1000.", id="timmy.E006"))
+    if settings.WORKER_GRACE_SECONDS < 0:
+        errors.append(Error("WORKER_GRACE_SECONDS must be 0 or more.", id="timmy.E006"))
     for name in (
         "WEBSOCKET_EVENT_THROTTLE",
         "ACTIVITY_FEED_BUFFER",
@@ -55,6 +60,7 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         "LOGIN_LOCKOUT_MINUTES",
         "EMBEDDED_THREADS",
         "EMBEDDING_THREADS",
+        "WORKER_CONCURRENCY",
     ):
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))

@@ -3,7 +3,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from apps.core.decorators import staff_required
-from apps.core.selectors import workers_recent
+from apps.core.selectors import tasks_waiting_without_worker, workers_recent
 from apps.events.selectors import events_latest
 from apps.swarm.selectors import agents_with_wins, task_counts
 
@@ -19,6 +19,7 @@ def home(request: HttpRequest) -> HttpResponse:
             "workers": workers,
             "any_worker_alive": any(alive for _, alive in workers),
             "task_counts": task_counts(),
+            "tasks_waiting": tasks_waiting_without_worker(),
             "agents": agents_with_wins(),
             "events": events_latest(limit=10),
         },

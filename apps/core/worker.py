@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from apps.core import selectors, services
+from apps.core.jobs import Job, JobSource, Pool
 from apps.events.models import EventType
 from apps.events.services import log_event
 from apps.providers.services import providers_ensure_defaults
@@ -43,18 +44,35 @@ def at_most_every(interval: timedelta) -> Callable[[Step], Step]:
 
 @dataclass
 class Worker:
-    """The one background process: runs WORKER_STEPS in a loop and beats its heartbeat.
+    """The background process: runs WORKER_STEPS in a loop and beats its heartbeat, while the jobs it claims from
+    WORKER_JOBS (model calls, test runs) run in its pool of WORKER_CONCURRENCY threads.
 
-    Steps claim their work with conditional updates, so several workers can run side by side.
+    Steps and job sources claim their work with conditional updates, so several workers can run side by side.
     """
 
     worker_id: str
     steps: list[tuple[str, Step]] = field(default_factory=list)
+    job_sources: list[tuple[str, JobSource]] = field(default_factory=list)
+    concurrency: int = 1
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # Set by a second Ctrl-C: hand the running jobs back now rather than after the grace period.
+    hurry_event: threading.Event = field(default_factory=threading.Event)
+    # Set when a job finishes or a stop is asked for, so the loop claims the next job without waiting a poll.
+    wake_event: threading.Event = field(default_factory=threading.Event)
+    pool: Pool = field(init=False)
+    _next_source: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = Pool(size=max(1, self.concurrency), source=self.source, on_done=self.wake_event)
 
     @classmethod
-    def from_settings(cls, worker_id: str) -> "Worker":
-        return cls(worker_id=worker_id, steps=[(path, import_string(path)) for path in settings.WORKER_STEPS])
+    def from_settings(cls, worker_id: str, *, concurrency: int | None = None) -> "Worker":
+        return cls(
+            worker_id=worker_id,
+            steps=[(path, import_string(path)) for path in settings.WORKER_STEPS],
+            job_sources=[(path, import_string(path)) for path in settings.WORKER_JOBS],
+            concurrency=settings.WORKER_CONCURRENCY if concurrency is None else concurrency,
+        )
 
     @property
     def source(self) -> str:
@@ -66,8 +84,23 @@ class Worker:
         joined = swarm_services.agents_bring_online(source=self.source)
         logger.info("worker %s started; %d agent(s) joined", self.worker_id, joined)
 
-    def run_once(self) -> int:
-        """Run every step once; return how many items were handled in all."""
+    def request_stop(self, *, hurry: bool = False) -> None:
+        self.stop_event.set()
+        if hurry:
+            self.hurry_event.set()
+        self.wake_event.set()
+
+    def _failed(self, kind: str, name: str, exc: Exception) -> None:
+        # A failing step or job source must not stop the others; it is recorded where the operator looks.
+        logger.exception("worker %s %s failed", kind.replace("_", " "), name)
+        with transaction.atomic():
+            log_event(
+                EventType.SYSTEM_ERROR,
+                source=self.source,
+                data={kind: name, "error": type(exc).__name__, "message": str(exc)},
+            )
+
+    def run_steps(self) -> int:
         found = 0
         for name, step in self.steps:
             if self.stop_event.is_set():
@@ -75,31 +108,81 @@ class Worker:
             try:
                 found += step(timezone.now())
             except Exception as exc:
-                # A failing step must not stop the others; it is recorded where the operator looks.
-                logger.exception("worker step %s failed", name)
-                with transaction.atomic():
-                    log_event(
-                        EventType.SYSTEM_ERROR,
-                        source=self.source,
-                        data={"step": name, "error": type(exc).__name__, "message": str(exc)},
-                    )
+                self._failed("step", name, exc)
         return found
+
+    def claim_jobs(self) -> int:
+        """Fill the pool's free places, asking the job sources in turn (each call starts one source further on, so
+        a queue of tasks does not starve the drafts); return how many jobs were started."""
+        claimed = 0
+        sources = self.job_sources
+        # At most a pool's worth per call: jobs that end at once must not keep the loop from its steps.
+        while sources and self.pool.free > 0 and claimed < self.pool.size and not self.stop_event.is_set():
+            started = claimed
+            first, self._next_source = self._next_source, (self._next_source + 1) % len(sources)
+            for name, source in sources[first:] + sources[:first]:
+                if self.pool.free <= 0 or claimed >= self.pool.size or self.stop_event.is_set():
+                    break
+                job = self._claim(name, source)
+                if job is not None:
+                    self.pool.submit(job)
+                    claimed += 1
+            if claimed == started:
+                break
+        return claimed
+
+    def run_once(self) -> int:
+        """`run_worker --once`: run every step once, then claim one job from each source and run it here to the
+        end, then the steps once more if a job ran (to pay the winner of a task it completed); return how many
+        items were handled in all."""
+        found = self.run_steps()
+        ran = 0
+        for name, source in self.job_sources:
+            if self.stop_event.is_set():
+                break
+            job = self._claim(name, source)
+            if job is not None:
+                self.pool.execute(job)
+                ran += 1
+        return found + ran + (self.run_steps() if ran else 0)
+
+    def _claim(self, name: str, source: JobSource) -> Job | None:
+        try:
+            return source(self.worker_id)
+        except Exception as exc:
+            self._failed("job_source", name, exc)
+            return None
 
     def run_forever(self) -> None:
         last_beat = time.monotonic()
         cycles = 0
         while not self.stop_event.is_set():
             close_old_connections()
-            found = self.run_once()
+            self.wake_event.clear()
+            found = self.run_steps() + self.claim_jobs()
             cycles += 1
             if time.monotonic() - last_beat >= settings.WORKER_HEARTBEAT_SECONDS:
                 services.worker_beat(worker_id=self.worker_id, cycles=cycles)
                 cycles = 0
                 last_beat = time.monotonic()
             if not found:
-                self.stop_event.wait(settings.WORKER_POLL_SECONDS)
+                self.wake_event.wait(settings.WORKER_POLL_SECONDS)
+
+    def finish_jobs(self, grace: float | None = None) -> list[str]:
+        """Give the running jobs `grace` seconds (WORKER_GRACE_SECONDS) to finish, less if hurried; then hand back
+        the claims of those still running, for another worker to resume at once. Returns the jobs handed back."""
+        grace = settings.WORKER_GRACE_SECONDS if grace is None else grace
+        deadline = time.monotonic() + grace
+        while self.pool.busy and not self.hurry_event.is_set() and time.monotonic() < deadline:
+            self.pool.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        if not self.pool.busy:
+            return []
+        released = self.pool.release_all()  # each release logs its own event on the item
+        logger.warning("worker %s stopped with %s unfinished; handed back", self.worker_id, ", ".join(released))
+        return released
 
     def stop(self) -> None:
+        self.finish_jobs()
         services.worker_stopped(worker_id=self.worker_id)
         # The persona agents live in the workers: they leave when the last worker does.
         if not selectors.workers_alive_count(exclude_worker_id=self.worker_id):

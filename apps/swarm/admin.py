@@ -25,7 +25,8 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ["description", "=id"]
     readonly_fields = [
         "status", "posted_by", "assigned_agent", "winning_bid_sats", "result", "failure_reason", "created_at",
-        "auction_closes_at", "assigned_at", "started_at", "finished_at", "claimed_by", "lease_expires_at", "attempts",
+        "auction_closes_at", "auction_extensions", "assigned_at", "started_at", "finished_at", "claimed_by",
+        "lease_expires_at", "attempts",
     ]  # fmt: skip
     inlines = [BidInline]
     actions = ["fail_tasks"]

@@ -68,6 +68,8 @@ class Task(models.Model):
     failure_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     auction_closes_at = models.DateTimeField(null=True, blank=True)
+    # Times the auction was reopened because no agent could bid (none online, or all busy) when it closed.
+    auction_extensions = models.PositiveSmallIntegerField(default=0)
     assigned_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from apps.events.models import EventType
@@ -15,7 +15,7 @@ from apps.swarm.models import Agent, Bid, Task
 
 SOURCE = "swarm.coordinator"
 DESCRIPTION_MAX = 10_000
-NO_BIDS_REASON = "No agent bid on this task before its auction closed (are the agents online? is the worker running?)."
+OPEN_AUCTIONS_BID_LIMIT = 100
 
 
 class SwarmError(Exception):
@@ -71,7 +71,7 @@ def persona_bid_amount(agent: Agent, description: str, rng: random.Random) -> in
     return max(1, base + rng.randint(-agent.bid_jitter_sats, agent.bid_jitter_sats))
 
 
-def agent_join(*, agent: Agent, source: str = SOURCE) -> bool:
+def agent_join(*, agent: Agent, source: str = SOURCE, rng: random.Random | None = None) -> bool:
     now = timezone.now()
     with transaction.atomic():
         if not Agent.objects.filter(pk=agent.pk, status=Agent.Status.OFFLINE).update(
@@ -85,7 +85,34 @@ def agent_join(*, agent: Agent, source: str = SOURCE) -> bool:
             data={"agent": agent.name, "persona": agent.persona},
         )
     agent.status = Agent.Status.IDLE
+    # Tasks posted before the agents came online (before the worker started) would otherwise never get a bid.
+    agent_bid_open_auctions(agent=agent, rng=rng)
     return True
+
+
+def agent_bid_open_auctions(*, agent: Agent, rng: random.Random | None = None) -> int:
+    """Bid on every open auction this agent has not bid on yet, the oldest first (at most OPEN_AUCTIONS_BID_LIMIT),
+    if it is idle and bids on tasks. Returns how many bids it made."""
+    bidder = Agent.objects.filter(pk=agent.pk, status=Agent.Status.IDLE, bids_on_tasks=True).first()
+    if bidder is None:
+        return 0
+    rng = rng or random.Random()
+    # Past its closing time but not closed yet counts as open: nobody was there to close it (no worker ran), and
+    # the first close after this sees the bid instead of failing a task it never gave an agent the chance to take.
+    open_auctions = (
+        Task.objects.filter(status=Task.Status.BIDDING)
+        .exclude(bids__agent=bidder)
+        .order_by("id")[:OPEN_AUCTIONS_BID_LIMIT]
+    )
+    made = 0
+    for task in open_auctions:
+        try:
+            amount = persona_bid_amount(bidder, task.description, rng)
+            bid_submit(task=task, agent=bidder, amount_sats=amount, until_closed=True)
+        except BidRejected:
+            continue  # the auction closed meanwhile, or another process already made this agent bid on it
+        made += 1
+    return made
 
 
 def agent_leave(*, agent: Agent, source: str = SOURCE) -> bool:
@@ -109,8 +136,11 @@ def _agent_release(agent_id: int | None) -> None:
     if agent_id is None:
         return
     still_running = Task.objects.filter(assigned_agent_id=agent_id, status=Task.Status.RUNNING).exists()
-    if not still_running:
-        Agent.objects.filter(pk=agent_id, status=Agent.Status.BUSY).update(status=Agent.Status.IDLE)
+    if still_running:
+        return
+    if Agent.objects.filter(pk=agent_id, status=Agent.Status.BUSY).update(status=Agent.Status.IDLE):
+        # With several tasks running at once every agent may have been busy when a task was posted.
+        agent_bid_open_auctions(agent=Agent.objects.get(pk=agent_id))
 
 
 # --- tasks and auctions ---
@@ -159,12 +189,16 @@ def task_post(
     return task
 
 
-def bid_submit(*, task: Task, agent: Agent, amount_sats: int) -> Bid:
+def bid_submit(*, task: Task, agent: Agent, amount_sats: int, until_closed: bool = False) -> Bid:
+    """`until_closed`: the auction takes the bid until a worker closes it, even past its closing time."""
     if amount_sats < 1:
         raise BidRejected("A bid must be at least 1 sat.")
     now = timezone.now()
     with transaction.atomic():
-        if not Task.objects.filter(pk=task.pk, status=Task.Status.BIDDING, auction_closes_at__gt=now).exists():
+        taking = Task.objects.filter(pk=task.pk, status=Task.Status.BIDDING)
+        if not until_closed:
+            taking = taking.filter(auction_closes_at__gt=now)
+        if not taking.exists():
             raise BidRejected(f"Task {task.pk} is not taking bids.")
         if agent.status == Agent.Status.OFFLINE:
             raise BidRejected(f"Agent {agent.name} is offline.")
@@ -183,32 +217,34 @@ def bid_submit(*, task: Task, agent: Agent, amount_sats: int) -> Bid:
     return bid
 
 
-def auction_close(*, task_id: int, now: datetime | None = None) -> Task:
-    """Close a due auction: the lowest bid wins (ties go to the earliest); no bids fails the task.
+def _not_closable(task_id: int) -> SwarmError:
+    current = Task.objects.filter(pk=task_id).first()
+    if current is None:
+        return TaskNotFound(f"task {task_id} does not exist")
+    return TaskWrongState(task_id, current.status, (Task.Status.BIDDING,))
 
-    Safe to race: only one caller's conditional update moves the task; the others get TaskWrongState.
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def auction_close(*, task_id: int, now: datetime | None = None) -> Task:
+    """Close a due auction: the lowest bid wins (ties go to the earliest). With no bid, the auction is extended by
+    AUCTION_SECONDS while no agent could have bid (none online, or all busy) and AUCTION_MAX_EXTENSIONS allows;
+    otherwise the task fails, saying which.
+
+    Safe to race: only one caller's conditional update moves (or extends) the task; the others get TaskWrongState.
     """
     now = now or timezone.now()
     with transaction.atomic():
-        due = Task.objects.filter(pk=task_id, status=Task.Status.BIDDING, auction_closes_at__lte=now)
-        if not due.exists():
-            current = Task.objects.filter(pk=task_id).first()
-            if current is None:
-                raise TaskNotFound(f"task {task_id} does not exist")
-            raise TaskWrongState(task_id, current.status, (Task.Status.BIDDING,))
+        task = Task.objects.filter(pk=task_id, status=Task.Status.BIDDING, auction_closes_at__lte=now).first()
+        if task is None:
+            raise _not_closable(task_id)
         bids = list(
             Bid.objects.filter(task_id=task_id).select_related("agent").order_by("amount_sats", "created_at", "id")
         )
         if not bids:
-            task = _transition(
-                task_id,
-                (Task.Status.BIDDING,),
-                status=Task.Status.FAILED,
-                failure_reason=NO_BIDS_REASON,
-                finished_at=now,
-            )
-            log_event(EventType.TASK_FAILED, source=SOURCE, task_id=task_id, data={"reason": NO_BIDS_REASON})
-            return task
+            return _auction_close_unbid(task=task, now=now)
         winner = bids[0]
         task = _transition(
             task_id,
@@ -225,6 +261,63 @@ def auction_close(*, task_id: int, now: datetime | None = None) -> Task:
             agent_id=winner.agent_id,
             data={"agent": winner.agent.name, "amount_sats": winner.amount_sats, "bids": len(bids)},
         )
+    return task
+
+
+def _auction_close_unbid(*, task: Task, now: datetime) -> Task:
+    bidders = Agent.objects.filter(bids_on_tasks=True).aggregate(
+        idle=Count("pk", filter=Q(status=Agent.Status.IDLE)),
+        busy=Count("pk", filter=Q(status=Agent.Status.BUSY)),
+    )
+    idle, busy = bidders["idle"], bidders["busy"]
+    # Only this round of the auction: a caller that lost the race sees it moved on and gets TaskWrongState.
+    this_round = Task.objects.filter(pk=task.pk, status=Task.Status.BIDDING, auction_closes_at=task.auction_closes_at)
+    if not idle and task.auction_extensions < settings.AUCTION_MAX_EXTENSIONS:
+        why = (
+            f"every agent was busy with another task ({_plural(busy, 'agent')} online)"
+            if busy
+            else "no agent was online to bid (is the worker running?)"
+        )
+        closes_at = now + timedelta(seconds=settings.AUCTION_SECONDS)
+        extension = task.auction_extensions + 1
+        if not this_round.update(auction_closes_at=closes_at, auction_extensions=extension):
+            raise _not_closable(task.pk)
+        log_event(
+            EventType.TASK_BIDDING,
+            source=SOURCE,
+            task_id=task.pk,
+            data={
+                "extended": True,
+                "extension": extension,
+                "of": settings.AUCTION_MAX_EXTENSIONS,
+                "reason": why,
+                "closes_at": closes_at.isoformat(),
+            },
+        )
+        task.auction_closes_at, task.auction_extensions = closes_at, extension
+        return task
+
+    auctions = task.auction_extensions + 1
+    waited = _plural(max(0, round((now - task.created_at).total_seconds())), "second")
+    if idle:
+        reason = (
+            f"No agent bid on this task although {_plural(idle, 'agent')} {'was' if idle == 1 else 'were'} idle "
+            "when its auction closed."
+        )
+    elif busy:
+        reason = (
+            f"Every agent was still busy with other tasks after {_plural(auctions, 'auction')} over {waited}; "
+            "post the task again when one is free."
+        )
+    else:
+        reason = (
+            f"No agent came online to bid in {_plural(auctions, 'auction')} over {waited}: is the worker running? "
+            "Start one with `make run` or `python manage.py run_worker`."
+        )
+    if not this_round.update(status=Task.Status.FAILED, failure_reason=reason, finished_at=now):
+        raise _not_closable(task.pk)
+    log_event(EventType.TASK_FAILED, source=SOURCE, task_id=task.pk, data={"reason": reason, "auctions": auctions})
+    task.status, task.failure_reason, task.finished_at = Task.Status.FAILED, reason, now
     return task
 
 
@@ -277,6 +370,28 @@ def task_lease_renew(*, task_id: int, worker_id: str, lease_seconds: int | None 
             lease_expires_at=timezone.now() + timedelta(seconds=lease)
         )
     )
+
+
+def task_release(*, task_id: int, worker_id: str, reason: str) -> bool:
+    """Hand a running task back to the queue at once (its worker is stopping): assigned again to the same winner,
+    for the next worker to run; the attempt does not count against TASK_MAX_ATTEMPTS. False if the claim was no
+    longer this worker's (finished, failed in the admin, or recovered)."""
+    with transaction.atomic():
+        claim = Task.objects.filter(pk=task_id, status=Task.Status.RUNNING, claimed_by=worker_id)
+        agent_id = claim.values_list("assigned_agent_id", flat=True).first()
+        if not claim.update(
+            status=Task.Status.ASSIGNED, claimed_by="", lease_expires_at=None, attempts=F("attempts") - 1
+        ):
+            return False
+        _agent_release(agent_id)
+        log_event(
+            EventType.TASK_ASSIGNED,
+            source=SOURCE,
+            task_id=task_id,
+            agent_id=agent_id,
+            data={"released": True, "worker": worker_id, "reason": reason},
+        )
+    return True
 
 
 def task_complete(*, task_id: int, result: str) -> Task:

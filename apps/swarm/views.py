@@ -4,10 +4,12 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 
 from apps.core.decorators import staff_required
+from apps.core.selectors import tasks_waiting_without_worker, workers_alive_count
 from apps.core.types import HtmxHttpRequest
 from apps.events.selectors import events_for_task
 from apps.swarm import selectors, services
 from apps.swarm.forms import TaskPostForm
+from apps.swarm.models import Task
 
 
 def _board_context() -> dict[str, object]:
@@ -16,6 +18,7 @@ def _board_context() -> dict[str, object]:
         "tasks_by_status": selectors.tasks_by_status(),
         "task_counts": selectors.task_counts(),
         "agents": selectors.agents_with_wins(),
+        "tasks_waiting": tasks_waiting_without_worker(),
     }
 
 
@@ -45,4 +48,9 @@ def task_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     task = selectors.task_with_bids(pk)
     if task is None:
         raise Http404(f"Task {pk} not found.")
-    return render(request, "swarm/task.html", {"task": task, "events": events_for_task(pk)})
+    waiting_without_worker = task.status not in Task.TERMINAL and not workers_alive_count()
+    return render(
+        request,
+        "swarm/task.html",
+        {"task": task, "events": events_for_task(pk), "waiting_without_worker": waiting_without_worker},
+    )

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
+from apps.core.selectors import workers_alive_count
 from apps.upgrades import selectors, services
 from apps.upgrades.models import Upgrade, UpgradeRequest
 
@@ -22,11 +23,16 @@ MAIN_FIELDS = ("description", "instruction", "status", "risk", "auto_approved", 
 GIT_FIELDS = (
     "repo_path", "target_branch", "branch", "worktree_path", "files_changed", "base_commit", "head_commit",
     "applied_commit", "replaced_commit", "revert_commit", "claimed_by", "lease_expires_at", "apply_attempts",
+    "rollback_attempts",
 )  # fmt: skip
 DECISION_FIELDS = (
     "proposed_at", "approved_at", "approved_by", "rejected_at", "rejected_by", "rejection_reason", "applied_at",
-    "rolled_back_at", "error_message",
+    "rollback_requested_at", "rollback_requested_by", "rolled_back_at", "error_message", "rollback_error",
 )  # fmt: skip
+NO_WORKER = (
+    "No worker is running, so nothing is rolled back yet: start one (`manage.py run_worker`, or `make run`) and it "
+    "picks the queued rollbacks up."
+)
 
 
 def tests_summary(results: dict[str, Any]) -> str:
@@ -40,6 +46,8 @@ def tests_summary(results: dict[str, Any]) -> str:
 
 
 def _skip_reason(exc: services.UpgradeError, upgrade: Upgrade) -> str:
+    if isinstance(exc, services.UpgradeRollbackQueued):
+        return f"#{upgrade.pk}'s rollback is already queued"
     if isinstance(exc, services.UpgradeWrongState):
         return f"#{upgrade.pk} is {upgrade.get_status_display().lower()}"
     if isinstance(exc, services.UpgradeTestsFailed):
@@ -121,6 +129,7 @@ class UpgradeAdmin(admin.ModelAdmin):
                 "events": list(selectors.upgrade_events(upgrade.pk)),
                 "audit_limit": selectors.AUDIT_LIMIT,
                 "diff_url": reverse("upgrades:diff", args=[upgrade.pk]),
+                "workers_alive": workers_alive_count() if upgrade.rollback_queued else None,
             }
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -229,18 +238,37 @@ class UpgradeAdmin(admin.ModelAdmin):
                 request,
                 action="roll_back_upgrades",
                 title="Roll back upgrades?",
-                intro="Each applied upgrade is undone by a revert commit on its target branch (its history stays). "
-                "An upgrade.rolled_back event records that you rolled them back.",
+                intro="Each applied upgrade is queued for rollback: the worker undoes it with a revert commit on its "
+                "target branch (its history stays). An upgrade.rollback_requested event records that you asked.",
                 upgrades=upgrades,
                 movable=_applied,
                 submit="Yes, roll back",
             )
-        self._apply(
-            request,
-            upgrades,
-            lambda upgrade: services.upgrade_rollback(upgrade_id=upgrade.pk, actor=request.user),
-            "Rolled back",
-        )
+        # Git runs in the worker, not in this request: queue each one and say what happens next.
+        queued: list[int] = []
+        skipped: list[str] = []
+        for upgrade in upgrades:
+            try:
+                services.upgrade_rollback_request(upgrade_id=upgrade.pk, actor=request.user)
+            except services.UpgradeError as exc:
+                skipped.append(_skip_reason(exc, upgrade))
+                continue
+            queued.append(upgrade.pk)
+        if len(queued) == 1:
+            self.message_user(
+                request, f"Rollback of upgrade {queued[0]} queued: a worker reverts it in a moment.", messages.SUCCESS
+            )
+        elif queued:
+            numbers = ", ".join(str(pk) for pk in queued)
+            self.message_user(
+                request, f"Rollback of upgrades {numbers} queued: a worker reverts them in a moment.", messages.SUCCESS
+            )
+        else:
+            self.message_user(request, "No rollback queued.", messages.INFO)
+        if skipped:
+            self.message_user(request, f"Skipped {len(skipped)}: {'; '.join(skipped)}.", messages.WARNING)
+        if queued and not workers_alive_count():
+            self.message_user(request, NO_WORKER, messages.WARNING)
         return None
 
 
@@ -260,6 +288,8 @@ def _approvable(upgrade: Upgrade) -> str:
 def _applied(upgrade: Upgrade) -> str:
     if upgrade.status != Upgrade.Status.APPLIED:
         return f"skipped: it is {upgrade.get_status_display().lower()}, not applied"
+    if upgrade.rollback_queued:
+        return "skipped: its rollback is already queued"
     return ""
 
 

@@ -497,6 +497,30 @@ def revert_merge(
         return _commit_on_branch(repo, target_branch, previous, revert)
 
 
+def revert_of(repo_path: Path, *, target_branch: str, merge_sha: str) -> str | None:
+    """The commit on `target_branch` that reverts `merge_sha` and is not itself reverted later, or None.
+
+    Found by git's own revert line, "This reverts commit <full sha>", which `git revert` writes and an upgrade's
+    rollback message ends with: so a revert made by hand counts too."""
+    try:
+        opened = git.Repo(repo_path)
+    except (git.NoSuchPathError, git.InvalidGitRepositoryError) as exc:
+        raise GitOpsError(f"{repo_path} is not a git repository") from exc
+    with opened as repo:
+        target = _branch_sha(repo, target_branch)
+        sha = _sha(repo, merge_sha)
+        for revert in _reverts(repo, sha, target):
+            if not _reverts(repo, revert, target):
+                return revert
+    return None
+
+
+def _reverts(repo: git.Repo, sha: str, head: str) -> list[str]:
+    """Commits after `sha` up to `head` whose message says they revert it, oldest first."""
+    found = repo.git.rev_list("--reverse", "--fixed-strings", f"--grep=This reverts commit {sha}", f"{sha}..{head}")
+    return found.split()
+
+
 # Helpers
 
 

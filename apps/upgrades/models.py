@@ -2,7 +2,8 @@
 person with `upgrades.approve_upgrade` approves them, their tests pass, and the worker merges them.
 
 States: proposed → approved | rejected | expired; approved → applied | failed; applied → rolled_back. Every move
-is a conditional update in apps.upgrades.services, with an `upgrade.*` event naming who did it.
+is a conditional update in apps.upgrades.services, with an `upgrade.*` event naming who did it. A rollback is asked
+for (`rollback_requested_at`) and done by the worker, like an apply.
 """
 
 from django.conf import settings
@@ -63,10 +64,20 @@ class Upgrade(models.Model):
     replaced_commit = models.CharField(max_length=40, blank=True)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
     revert_commit = models.CharField(max_length=40, blank=True)
-    # Set while a worker applies it; a lease that runs out means that worker died (recover_stale_upgrades).
+    # Set while the rollback of an applied upgrade waits for the worker or is being done; cleared if it fails.
+    rollback_requested_at = models.DateTimeField(null=True, blank=True)
+    # Who asked for the last rollback (kept after a failure, for the change page).
+    rollback_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Why the last rollback failed; the upgrade stayed applied and its rollback can be asked for again.
+    rollback_error = models.TextField(blank=True)
+    # Set while a worker applies it or rolls it back; a lease that runs out means that worker died
+    # (recover_stale_upgrades).
     claimed_by = models.CharField(max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     apply_attempts = models.PositiveSmallIntegerField(default=0)
+    rollback_attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         db_table = "upgrades"
@@ -83,6 +94,10 @@ class Upgrade(models.Model):
     @property
     def tests_passed(self) -> bool:
         return bool(self.test_results.get("passed"))
+
+    @property
+    def rollback_queued(self) -> bool:
+        return self.status == self.Status.APPLIED and self.rollback_requested_at is not None
 
 
 class UpgradeRequest(models.Model):

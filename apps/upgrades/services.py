@@ -42,6 +42,10 @@ class UpgradeClaimLost(UpgradeWrongState):
     """The worker stalled past its lease and the upgrade (or request) was given back: its outcome is not recorded."""
 
 
+class UpgradeRollbackQueued(UpgradeWrongState):
+    """The upgrade's rollback is already asked for: waiting for a worker, or being done."""
+
+
 class UpgradeNotAllowed(UpgradeError, PermissionError):
     pass
 
@@ -303,16 +307,26 @@ def upgrade_mark_failed(
     return upgrade
 
 
-def upgrade_mark_rolled_back(*, upgrade_id: int, revert_commit: str, actor: Any) -> Upgrade:
+def upgrade_mark_rolled_back(
+    *, upgrade_id: int, revert_commit: str, actor: Any, worker_id: str | None = None, already_reverted: bool = False
+) -> Upgrade:
+    """With `worker_id`, only while that worker still holds the rollback's claim (UpgradeClaimLost otherwise).
+    `already_reverted`: the target had the revert before this worker reverted anything."""
+    extra: dict[str, Any] = {} if worker_id is None else {"worker": worker_id}
+    if already_reverted:
+        extra["already_reverted"] = True
     with transaction.atomic():
         upgrade = _move(
             upgrade_id,
             (Upgrade.Status.APPLIED,),
             Upgrade.Status.ROLLED_BACK,
+            where=_held_by(worker_id),
             rolled_back_at=timezone.now(),
             revert_commit=revert_commit,
+            claimed_by="",
+            lease_expires_at=None,
         )
-        _log(upgrade, "upgrade.rolled_back", actor, commit=revert_commit)
+        _log(upgrade, "upgrade.rolled_back", actor, commit=revert_commit, **extra)
     return upgrade
 
 
@@ -328,7 +342,7 @@ def upgrades_prune(*, now: datetime | None = None) -> int:
     )
     old = Upgrade.objects.filter(
         status__in=finished, proposed_at__lt=now - timedelta(days=settings.UPGRADE_HISTORY_DAYS)
-    )
+    ).exclude(_rollback_queued())  # its rollback is still to be done
     deleted, _ = old.delete()
     return deleted
 
@@ -379,6 +393,37 @@ def upgrade_request_lease_renew(*, request_id: int, worker_id: str, lease_second
             lease_expires_at=_lease_end(lease_seconds)
         )
     )
+
+
+def upgrade_request_release(*, request_id: int, worker_id: str, reason: str) -> bool:
+    """Queue a request this worker is drafting again at once (the worker is stopping); the attempt does not count
+    against TASK_MAX_ATTEMPTS. False if the claim was no longer this worker's."""
+    with transaction.atomic():
+        held = UpgradeRequest.objects.filter(pk=request_id, status=UpgradeRequest.Status.RUNNING, claimed_by=worker_id)
+        task_id = held.values_list("task_id", flat=True).first()
+        if not held.update(
+            status=UpgradeRequest.Status.QUEUED, claimed_by="", lease_expires_at=None, attempts=F("attempts") - 1
+        ):
+            return False
+        log_event(
+            "upgrade.request_released",
+            source=SOURCE,
+            task_id=task_id,
+            data={"request_id": request_id, "worker": worker_id, "reason": reason, "released": True},
+        )
+    return True
+
+
+def upgrade_release(*, upgrade_id: int, worker_id: str, reason: str) -> bool:
+    """Give back an approved upgrade this worker is applying (it is stopping), for the next worker to apply; that
+    one notices a merge this one already made. False if the claim was no longer this worker's."""
+    with transaction.atomic():
+        held = Upgrade.objects.filter(pk=upgrade_id, status=Upgrade.Status.APPROVED, claimed_by=worker_id)
+        if not held.update(claimed_by="", lease_expires_at=None, apply_attempts=F("apply_attempts") - 1):
+            return False
+        upgrade = Upgrade.objects.get(pk=upgrade_id)
+        _log(upgrade, "upgrade.released", None, worker=worker_id, reason=reason)
+    return True
 
 
 def upgrade_requests_recover_stale(*, now: datetime | None = None) -> int:
@@ -643,28 +688,215 @@ def _apply(upgrade: Upgrade, *, worker_id: str) -> Upgrade:
     return applied
 
 
-def upgrade_rollback(*, upgrade_id: int, actor: Any) -> Upgrade:
-    """Undo an applied upgrade with a revert commit on its target branch."""
+# --- Rollbacks: asked for in the admin or by the command, done by the worker with a revert commit ---
+
+# The last line is git's own for a revert: gitops.revert_of finds it, and so a revert made by hand.
+ROLLBACK_MESSAGE = "Roll back upgrade {pk}: {description}\n\nThis reverts commit {merge}."
+
+
+def _rollback_queued() -> Q:
+    return Q(status=Upgrade.Status.APPLIED, rollback_requested_at__isnull=False)
+
+
+def upgrade_rollback_request(*, upgrade_id: int, actor: Any) -> Upgrade:
+    """Queue the rollback of an applied upgrade; a worker reverts it (upgrade_rollback_run)."""
     _require_permission(actor)
-    upgrade = Upgrade.objects.filter(pk=upgrade_id).first()
-    if upgrade is None:
-        raise UpgradeNotFound(f"Upgrade {upgrade_id} not found.")
-    if upgrade.status != Upgrade.Status.APPLIED:
-        raise UpgradeWrongState(
-            f"Upgrade {upgrade_id} is {upgrade.status}; only an applied upgrade can be rolled back."
+    with transaction.atomic():
+        queued = Upgrade.objects.filter(
+            pk=upgrade_id, status=Upgrade.Status.APPLIED, rollback_requested_at__isnull=True
+        ).update(rollback_requested_at=timezone.now(), rollback_requested_by=actor, rollback_error="")
+        upgrade = Upgrade.objects.select_related("rollback_requested_by").filter(pk=upgrade_id).first()
+        if upgrade is None:
+            raise UpgradeNotFound(f"Upgrade {upgrade_id} not found.")
+        if not queued:
+            if upgrade.status == Upgrade.Status.ROLLED_BACK:
+                raise UpgradeWrongState(
+                    f"Upgrade {upgrade_id} is already rolled back (commit {upgrade.revert_commit[:12]})."
+                )
+            if upgrade.status != Upgrade.Status.APPLIED:
+                raise UpgradeWrongState(
+                    f"Upgrade {upgrade_id} is {upgrade.status}; only an applied upgrade can be rolled back."
+                )
+            if upgrade.claimed_by:
+                raise UpgradeRollbackQueued(
+                    f"Upgrade {upgrade_id} is already being rolled back (by worker {upgrade.claimed_by})."
+                )
+            raise UpgradeRollbackQueued(
+                f"The rollback of upgrade {upgrade_id} is already queued (asked for by "
+                f"{_actor_name(upgrade.rollback_requested_by)}): a worker reverts it."
+            )
+        _log(upgrade, "upgrade.rollback_requested", actor)
+    return upgrade
+
+
+def upgrade_rollback_claim(*, worker_id: str, lease_seconds: int | None = None) -> Upgrade | None:
+    """The oldest queued rollback no worker is doing, claimed by this one for a lease it renews while it reverts,
+    as for applying upgrades."""
+    for upgrade_id in (
+        Upgrade.objects.filter(_rollback_queued(), claimed_by="")
+        .order_by("rollback_requested_at", "id")
+        .values_list("id", flat=True)[:5]
+    ):
+        with transaction.atomic():
+            if not Upgrade.objects.filter(_rollback_queued(), pk=upgrade_id, claimed_by="").update(
+                claimed_by=worker_id,
+                lease_expires_at=_lease_end(lease_seconds),
+                rollback_attempts=F("rollback_attempts") + 1,
+            ):
+                continue
+            upgrade = Upgrade.objects.select_related("rollback_requested_by").get(pk=upgrade_id)
+            _log(upgrade, "upgrade.rolling_back", None, worker=worker_id, attempt=upgrade.rollback_attempts)
+        return upgrade
+    return None
+
+
+def upgrade_rollback_lease_renew(*, upgrade_id: int, worker_id: str, lease_seconds: int | None = None) -> bool:
+    return bool(
+        Upgrade.objects.filter(_rollback_queued(), pk=upgrade_id, claimed_by=worker_id).update(
+            lease_expires_at=_lease_end(lease_seconds)
         )
+    )
+
+
+def upgrade_rollback_fail(*, upgrade_id: int, reason: str, worker_id: str | None = None) -> Upgrade:
+    """The upgrade stays applied, with the reason; its rollback is no longer queued and can be asked for again.
+    With `worker_id`, only while that worker still holds the claim (UpgradeClaimLost otherwise)."""
+    with transaction.atomic():
+        upgrade = _move(
+            upgrade_id,
+            (Upgrade.Status.APPLIED,),
+            Upgrade.Status.APPLIED,
+            where=_held_by(worker_id),
+            rollback_error=reason[: REASON_MAX * 4],
+            rollback_requested_at=None,
+            claimed_by="",
+            lease_expires_at=None,
+        )
+        worker = {} if worker_id is None else {"worker": worker_id}
+        _log(upgrade, "upgrade.rollback_failed", upgrade.rollback_requested_by, reason=reason[:REASON_MAX], **worker)
+    return upgrade
+
+
+def upgrade_rollback_release(*, upgrade_id: int, worker_id: str, reason: str) -> bool:
+    """Give back a rollback this worker is doing (it is stopping, or the target moved under it), for the next worker;
+    that one notices a revert this one already committed. False if the claim was no longer this worker's."""
+    with transaction.atomic():
+        held = Upgrade.objects.filter(_rollback_queued(), pk=upgrade_id, claimed_by=worker_id)
+        if not held.update(claimed_by="", lease_expires_at=None, rollback_attempts=F("rollback_attempts") - 1):
+            return False
+        upgrade = Upgrade.objects.get(pk=upgrade_id)
+        _log(upgrade, "upgrade.rollback_released", None, worker=worker_id, reason=reason)
+    return True
+
+
+def _reverted_already(upgrade: Upgrade) -> str | None:
+    return gitops.revert_of(
+        Path(upgrade.repo_path), target_branch=upgrade.target_branch, merge_sha=upgrade.applied_commit
+    )
+
+
+def upgrade_rollbacks_recover_stale(*, worker_id: str, now: datetime | None = None) -> int:
+    """Give back rollbacks whose worker stopped renewing its claim's lease: to the queue if attempts remain
+    (TASK_MAX_ATTEMPTS; the next run notices a revert the dead worker already committed), else, taken over by
+    `worker_id`, recorded as rolled back if the target already has the revert, or failed with the reason."""
+    now = now or timezone.now()
+    stale = list(
+        Upgrade.objects.filter(_stale(now), _rollback_queued()).values_list("id", "claimed_by", "rollback_attempts")[
+            :100
+        ]
+    )
+    recovered = 0
+    for upgrade_id, worker, attempts in stale:
+        why = f"worker {worker} stopped renewing its lease"
+        held = Upgrade.objects.filter(_stale(now), _rollback_queued(), pk=upgrade_id, claimed_by=worker)
+        if attempts < settings.TASK_MAX_ATTEMPTS:
+            with transaction.atomic():
+                if not held.update(claimed_by="", lease_expires_at=None):
+                    continue
+                upgrade = Upgrade.objects.get(pk=upgrade_id)
+                _log(
+                    upgrade,
+                    "upgrade.rollback_released",
+                    None,
+                    worker=worker,
+                    attempts=attempts,
+                    reason=f"{why}; will retry",
+                )
+            recovered += 1
+            continue
+        if not held.update(claimed_by=worker_id, lease_expires_at=_lease_end()):
+            continue
+        upgrade = Upgrade.objects.select_related("rollback_requested_by").get(pk=upgrade_id)
+        reason = f"{why} after {attempts} attempts"
+        try:
+            revert = _reverted_already(upgrade)
+        except gitops.GitOpsError as exc:
+            revert, reason = None, f"{reason}; git could not tell whether it was reverted: {exc}"
+        try:
+            if revert is None:
+                upgrade_rollback_fail(upgrade_id=upgrade_id, reason=reason, worker_id=worker_id)
+            else:
+                upgrade_mark_rolled_back(
+                    upgrade_id=upgrade_id,
+                    revert_commit=revert,
+                    actor=upgrade.rollback_requested_by,
+                    worker_id=worker_id,
+                    already_reverted=True,
+                )
+        except UpgradeWrongState:
+            continue  # taken over by someone else meanwhile
+        recovered += 1
+    return recovered
+
+
+def upgrade_rollback_run(*, upgrade: Upgrade) -> Upgrade:
+    """Undo a claimed rollback's merge with a revert commit on its target branch, renewing the claim's lease
+    meanwhile.
+
+    A target that already has a revert of the merge (a worker died after committing it, or the owner reverted it by
+    hand) is recorded as rolled back with that commit, never reverted twice. A conflict with later changes or a live
+    tree with uncommitted changes leave the target as it was and the upgrade applied, with the reason; a target that
+    moves during the revert is retried. A worker that lost its claim meanwhile records nothing."""
+    worker_id = upgrade.claimed_by
+    if not worker_id:
+        raise UpgradeWrongState(f"Upgrade {upgrade.pk} is not claimed: only a worker that claimed it rolls it back.")
     try:
+        with LeaseKeeper(
+            lambda: upgrade_rollback_lease_renew(upgrade_id=upgrade.pk, worker_id=worker_id),
+            name=f"lease-rollback-{upgrade.pk}",
+        ):
+            return _roll_back(upgrade, worker_id=worker_id)
+    except UpgradeClaimLost as exc:
+        logger.warning("%s This worker's rollback outcome is dropped.", exc)
+        upgrade.refresh_from_db()
+        return upgrade
+
+
+def _roll_back(upgrade: Upgrade, *, worker_id: str) -> Upgrade:
+    actor = upgrade.rollback_requested_by
+    try:
+        done = _reverted_already(upgrade)
+        if done is not None:
+            return upgrade_mark_rolled_back(
+                upgrade_id=upgrade.pk, revert_commit=done, actor=actor, worker_id=worker_id, already_reverted=True
+            )
         revert = gitops.revert_merge(
             Path(upgrade.repo_path),
             target_branch=upgrade.target_branch,
             merge_sha=upgrade.applied_commit,
-            message=f"Roll back upgrade {upgrade.pk}: {upgrade.description[:200]}",
+            message=ROLLBACK_MESSAGE.format(
+                pk=upgrade.pk, description=upgrade.description[:200], merge=upgrade.applied_commit
+            ),
             author_name=AUTHOR_NAME,
             author_email=AUTHOR_EMAIL,
         )
+    except gitops.BranchMoved as exc:
+        upgrade_rollback_release(upgrade_id=upgrade.pk, worker_id=worker_id, reason=f"{exc}; will retry")
+        upgrade.refresh_from_db()
+        return upgrade
     except gitops.GitOpsError as exc:
-        raise UpgradeGitError(f"Upgrade {upgrade_id} was not rolled back: {exc}") from exc
-    return upgrade_mark_rolled_back(upgrade_id=upgrade_id, revert_commit=revert, actor=actor)
+        return upgrade_rollback_fail(upgrade_id=upgrade.pk, reason=f"Not rolled back: {exc}", worker_id=worker_id)
+    return upgrade_mark_rolled_back(upgrade_id=upgrade.pk, revert_commit=revert, actor=actor, worker_id=worker_id)
 
 
 def upgrade_request_finish(*, request: UpgradeRequest, upgrade: Upgrade | None = None, error: str = "") -> None:

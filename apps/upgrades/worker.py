@@ -1,28 +1,47 @@
-"""Upgrade steps of the worker (see WORKER_STEPS): recover the work of workers that died, draft requested changes,
-apply approved upgrades, time out old proposals, prune old history. Each takes the time and returns how many items
-it handled."""
+"""Upgrade work of the worker. Steps (WORKER_STEPS, each takes the time and returns how many items it handled):
+recover the work of workers that died, time out old proposals, prune old history. Jobs (WORKER_JOBS, run in the
+worker's pool): draft requested changes, apply approved upgrades, roll back applied ones."""
 
 import contextlib
 from datetime import datetime, timedelta
+from functools import partial
 
+from apps.core.jobs import Job
 from apps.core.leases import LeaseKeeper
 from apps.core.services import worker_default_id
 from apps.core.worker import at_most_every
 from apps.upgrades import gitops, loop, services
+from apps.upgrades.models import UpgradeRequest
 
 
 def recover_stale_upgrades(now: datetime) -> int:
-    """Give back the upgrades and change requests whose worker stopped renewing its lease (it died)."""
+    """Give back the upgrades, rollbacks and change requests whose worker stopped renewing its lease (it died)."""
     recovered = services.upgrades_recover_stale(worker_id=worker_default_id(), now=now)
+    recovered += services.upgrade_rollbacks_recover_stale(worker_id=worker_default_id(), now=now)
     return recovered + services.upgrade_requests_recover_stale(now=now)
 
 
-def run_upgrade_requests(now: datetime) -> int:
-    """Draft one queued change request into a proposed upgrade (one per call: a draft takes minutes)."""
-    worker_id = worker_default_id()
+RELEASED = "worker {worker} stopped before it finished; handed back"
+
+
+def claim_upgrade_request(worker_id: str) -> Job | None:
+    """Claim the oldest queued change request, as a job that drafts it into a proposed upgrade."""
     request = services.upgrade_request_claim(worker_id=worker_id)
     if request is None:
-        return 0
+        return None
+    return Job(
+        name=f"change request {request.pk}",
+        run=partial(_draft, request, worker_id),
+        release=partial(
+            services.upgrade_request_release,
+            request_id=request.pk,
+            worker_id=worker_id,
+            reason=RELEASED.format(worker=worker_id),
+        ),
+    )
+
+
+def _draft(request: UpgradeRequest, worker_id: str) -> None:
     upgrade = None
     error = ""
     with LeaseKeeper(
@@ -33,17 +52,69 @@ def run_upgrade_requests(now: datetime) -> int:
             upgrade = loop.draft(instruction=request.instruction, request_id=request.pk)
         except (services.UpgradeError, gitops.GitOpsError) as exc:
             error = str(exc)
-    # Stalled past the lease: the request was given back, and whoever has it now finishes it.
+    # Stalled past the lease (or handed back as the worker stopped): whoever has it now finishes it.
     with contextlib.suppress(services.UpgradeClaimLost):
         services.upgrade_request_finish(request=request, upgrade=upgrade, error=error)
+
+
+def claim_approved_upgrade(worker_id: str) -> Job | None:
+    """Claim the oldest approved upgrade, as a job that tests it if need be and merges it."""
+    upgrade = services.upgrade_claim(worker_id=worker_id)
+    if upgrade is None:
+        return None
+    return Job(
+        name=f"upgrade {upgrade.pk}",
+        run=partial(services.upgrade_apply, upgrade=upgrade),
+        release=partial(
+            services.upgrade_release,
+            upgrade_id=upgrade.pk,
+            worker_id=worker_id,
+            reason=RELEASED.format(worker=worker_id),
+        ),
+    )
+
+
+def claim_rollback(worker_id: str) -> Job | None:
+    """Claim the oldest queued rollback, as a job that reverts the upgrade's merge."""
+    upgrade = services.upgrade_rollback_claim(worker_id=worker_id)
+    if upgrade is None:
+        return None
+    return Job(
+        name=f"rollback of upgrade {upgrade.pk}",
+        run=partial(services.upgrade_rollback_run, upgrade=upgrade),
+        release=partial(
+            services.upgrade_rollback_release,
+            upgrade_id=upgrade.pk,
+            worker_id=worker_id,
+            reason=RELEASED.format(worker=worker_id),
+        ),
+    )
+
+
+def run_upgrade_requests(now: datetime) -> int:
+    """Claim and draft one change request in this thread (the worker runs drafts in its pool)."""
+    job = claim_upgrade_request(worker_default_id())
+    if job is None:
+        return 0
+    job.run()
     return 1
 
 
 def apply_approved_upgrades(now: datetime) -> int:
-    upgrade = services.upgrade_claim(worker_id=worker_default_id())
-    if upgrade is None:
+    """Claim and apply one approved upgrade in this thread (the worker applies them in its pool)."""
+    job = claim_approved_upgrade(worker_default_id())
+    if job is None:
         return 0
-    services.upgrade_apply(upgrade=upgrade)
+    job.run()
+    return 1
+
+
+def run_rollbacks(now: datetime) -> int:
+    """Claim and do one queued rollback in this thread (the worker does them in its pool)."""
+    job = claim_rollback(worker_default_id())
+    if job is None:
+        return 0
+    job.run()
     return 1
 
 

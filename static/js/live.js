@@ -45,11 +45,12 @@
       case "task.created":
         return `New task: ${str(d.description)}`;
       case "task.bidding":
+        if (d.extended) return `Auction extended (${str(d.extension)} of ${str(d.of)}): ${str(d.reason)}`;
         return `Auction opened${d.auction_seconds ? ` for ${str(d.auction_seconds)} s` : ""}`;
       case "bid.submitted":
         return `Bid ${str(d.amount_sats)} sats`;
       case "task.assigned":
-        return d.recovered ? `Assigned again: ${str(d.reason)}` : `Assigned for ${str(d.amount_sats)} sats`;
+        return d.recovered || d.released ? `Assigned again: ${str(d.reason)}` : `Assigned for ${str(d.amount_sats)} sats`;
       case "task.started":
         return `Started${d.attempt > 1 ? ` (attempt ${str(d.attempt)})` : ""}`;
       case "task.completed":

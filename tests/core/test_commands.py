@@ -22,7 +22,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from apps.core.models import ApiToken, WorkerHeartbeat
-from tests.factories import UserFactory
+from apps.events.models import Event, EventType
+from apps.providers.models import Provider
+from apps.providers.services import providers_ensure_defaults
+from apps.swarm.models import Agent, Task
+from apps.swarm.services import task_post
+from tests.factories import AgentFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -246,6 +251,58 @@ def test_serve_runs_the_dashboard_the_worker_and_the_model_host_preloading_and_s
     assert not socket_path.exists()
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
     assert f"Model host on {socket_path}" in stdout
+
+
+def test_stopping_serve_hands_back_a_task_that_is_using_the_embedded_model_instead_of_failing_it(
+    transactional_db, subprocess_env
+):
+    # The embedded model is the only provider: were the model host stopped with the worker, the task in its grace
+    # period would lose its model and fail. The host stops last, so the task is handed back whole.
+    providers_ensure_defaults()
+    Provider.objects.exclude(name="embedded").update(enabled=False)
+    agent = AgentFactory(name="storyteller", status=Agent.Status.OFFLINE)
+    socket_path = Path(tempfile.mkdtemp(prefix="timmy-serve-")) / "host.sock"
+    env = {
+        **subprocess_env,
+        "EMBEDDED_SOCKET": str(socket_path),
+        "EMBEDDED_THREADS": "1",
+        "PRELOAD_MODELS": "0",
+        "WORKER_GRACE_SECONDS": "1",
+    }
+    log = (socket_path.parent / "serve.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while Agent.objects.get(pk=agent.pk).status == Agent.Status.OFFLINE:
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(0.2)
+        children = children_of(proc.pid)
+        task = task_post(
+            description="Write a long story about a lighthouse keeper, in ten chapters.", auction_seconds=1
+        )
+        while not (model_host_health(socket_path) or {}).get("generating"):
+            assert time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        stderr = Path(log.name).read_text()
+    finally:
+        kill_all(proc, children)
+        log.close()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
+    assert proc.returncode == 0, stderr
+    task.refresh_from_db()
+    assert task.status == Task.Status.ASSIGNED, task.failure_reason
+    assert task.claimed_by == "" and task.attempts == 0
+    assert not Event.objects.filter(event_type=EventType.TASK_FAILED, task_id=str(task.pk)).exists()
 
 
 def test_serve_stops_the_worker_and_fails_when_the_dashboard_cannot_start(transactional_db, subprocess_env):

@@ -95,6 +95,16 @@ def test_live_page_shows_the_connection_state_the_filter_and_a_link_to_all_event
     [
         ("task.created", {"description": "Research the sat"}, "New task: Research the sat"),
         ("task.bidding", {"auction_seconds": 15}, "Auction opened for 15 s"),
+        (
+            "task.bidding",
+            {"extended": True, "extension": 1, "of": 3, "reason": "no agent was online to bid"},
+            "Auction extended (1 of 3): no agent was online to bid",
+        ),
+        (
+            "task.assigned",
+            {"released": True, "worker": "w1", "reason": "worker w1 stopped before the task finished"},
+            "Assigned again: worker w1 stopped",
+        ),
         ("bid.submitted", {"agent": "echo", "amount_sats": 42}, "Bid 42 sats"),
         ("task.assigned", {"agent": "echo", "amount_sats": 42, "bids": 3}, "Assigned for 42 sats"),
         (

@@ -8,7 +8,6 @@ from apps.events.models import Event, EventType
 from apps.swarm.models import Agent, Bid, Task
 from apps.swarm.services import (
     DESCRIPTION_MAX,
-    NO_BIDS_REASON,
     BidRejected,
     InvalidTask,
     TaskNotFound,
@@ -186,14 +185,18 @@ def test_a_tie_is_decided_by_bid_time_not_by_insertion_order(agents):
     assert assigned(task).assigned_agent == agents["ada"]
 
 
-def test_an_auction_with_no_bids_fails_the_task_with_a_reason(db):
+def test_an_auction_no_idle_agent_bid_on_fails_the_task_at_once_with_a_reason(agents):
     Agent.objects.update(status=Agent.Status.OFFLINE)
-    task = assigned(task_post(description="Research lightning channels"))
+    posted = task_post(description="Research lightning channels")
+    AgentFactory(name="latecomer")  # idle, yet it never bid
+    task = assigned(posted)
     assert task.status == Task.Status.FAILED
-    assert task.failure_reason == NO_BIDS_REASON
+    reason = "No agent bid on this task although 1 agent was idle when its auction closed."
+    assert task.failure_reason == reason
     assert task.finished_at is not None
+    assert task.auction_extensions == 0
     [event] = events_of(task, EventType.TASK_FAILED)
-    assert event.data == {"reason": NO_BIDS_REASON}
+    assert event.data == {"reason": reason, "auctions": 1}
     assert not events_of(task, EventType.TASK_ASSIGNED)
 
 

@@ -105,7 +105,7 @@ def test_the_htmx_refresh_returns_only_the_board(staff_client, personas):
     task_post(description="Research the mempool")
     response = staff_client.get(INDEX, headers={"HX-Request": "true"})
     assert response.status_code == 200
-    assert [t.name for t in response.templates] == ["swarm/_board.html"]
+    assert [t.name for t in response.templates] == ["swarm/_board.html", "swarm/_no_worker_notice.html"]
     html = response.content.decode()
     assert html.startswith('<div id="swarm-board"')
     assert "<html" not in html
@@ -135,8 +135,8 @@ def test_the_swarm_page_does_not_query_per_task_or_bid(staff_client, personas, d
     _fill_board(1)
     with CaptureQueriesContext(connection) as small:
         assert staff_client.get(INDEX).status_code == 200
-    # Session, user, auctions, their bids, four status lists, counts, agents.
-    assert len(small.captured_queries) <= 11  # including the navigation's count of upgrades waiting
+    # Session, user, auctions, their bids, four status lists, counts, agents, tasks waiting with no worker.
+    assert len(small.captured_queries) <= 12  # including the navigation's count of upgrades waiting
     _fill_board(30)
     with django_assert_max_num_queries(len(small.captured_queries)):
         response = staff_client.get(INDEX)

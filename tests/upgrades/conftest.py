@@ -7,10 +7,14 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Permission
 
+from apps.upgrades import gitops, services
+from apps.upgrades.models import Upgrade
 from tests.agents.conftest import provider_at
 from tests.factories import StaffFactory
 from tests.llm_servers import OllamaServer
-from tests.upgrades.test_gitops import IDENTITY, make_repo
+from tests.upgrades.test_gitops import CALC, IDENTITY, make_repo, propose
+
+SUB = CALC + "\n\ndef sub(a, b):\n    return a - b\n"
 
 
 @pytest.fixture
@@ -65,3 +69,29 @@ def model(db) -> Iterator[Callable[..., OllamaServer]]:
     yield start
     for server in servers:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def approved(repo: Path, tmp_path: Path, reviewer) -> Upgrade:
+    """An approved upgrade on its own branch and worktree, as the self-modify loop leaves it."""
+    worktree = propose(repo, tmp_path, [gitops.FileEdit("pkg/calc.py", SUB)], branch="self-modify/add-sub-1")
+    base, head = gitops.head_sha(repo, "main"), gitops.head_sha(repo, "self-modify/add-sub-1")
+    summary = gitops.diff_summary(repo, base, head)
+    upgrade = services.upgrade_propose(
+        proposal=services.Proposal(
+            description="Add sub",
+            instruction="Add sub",
+            repo_path=str(repo),
+            target_branch="main",
+            branch="self-modify/add-sub-1",
+            worktree_path=str(worktree),
+            base_commit=base,
+            head_commit=head,
+            files_changed=summary.files_changed,
+            diff=summary.diff,
+            diff_preview=summary.preview,
+            risk="medium",
+            test_results={"passed": True},
+        )
+    )
+    return services.upgrade_approve(upgrade_id=upgrade.pk, actor=reviewer)

@@ -154,7 +154,7 @@ def test_rolling_back_confirms_first_and_skips_upgrades_that_are_not_applied(rev
     page = run_action(reviewer_client, "roll_back_upgrades", [upgrade]).content.decode()
     assert "Roll back upgrades?" in page and "it is proposed, not applied" in page
     response = run_action(reviewer_client, "roll_back_upgrades", [upgrade], confirm="yes")
-    assert messages_of(response) == ["Rolled back 0 upgrade(s).", f"Skipped 1: #{upgrade.pk} is proposed."]
+    assert messages_of(response) == ["No rollback queued.", f"Skipped 1: #{upgrade.pk} is proposed."]
     assert statuses(upgrade) == ["proposed"]
 
 

@@ -29,6 +29,7 @@ from apps.upgrades.gitops import (
     pytest_counts,
     remove_worktree,
     revert_merge,
+    revert_of,
     risk_level,
     run_tests,
     target_moved,
@@ -494,6 +495,22 @@ def test_revert_merge_undoes_the_change_with_a_new_commit(repo: Path, tmp_path: 
     with pytest.raises(NothingToCommit, match="already undone"):
         revert_merge(repo, target_branch="main", merge_sha=merge.merge_sha, message="again", **WHO)
     assert head_sha(repo, "main") == revert
+
+
+def test_revert_of_finds_a_revert_made_by_hand_unless_it_was_itself_reverted(repo: Path, tmp_path: Path) -> None:
+    propose(repo, tmp_path, [FileEdit("pkg/calc.py", CALC + "X = 1\n")])
+    merge = merge_into_target(repo, target_branch="main", branch="upgrade/1", message="Merge", **WHO)
+    assert revert_of(repo, target_branch="main", merge_sha=merge.merge_sha) is None
+    commit_on(repo, "main", {"README.md": "# tiny, later\n"})
+
+    with git.Repo(repo) as r:
+        r.git.revert("-m", "1", "--no-edit", merge.merge_sha, env=IDENTITY)
+        by_hand = head_sha(repo, "main")
+        assert revert_of(repo, target_branch="main", merge_sha=merge.merge_sha) == by_hand
+        r.git.revert("--no-edit", by_hand, env=IDENTITY)  # the change is back
+    assert revert_of(repo, target_branch="main", merge_sha=merge.merge_sha) is None
+    with pytest.raises(GitOpsError, match="is not a git repository"):
+        revert_of(tmp_path / "nowhere", target_branch="main", merge_sha=merge.merge_sha)
 
 
 def test_revert_refuses_a_commit_that_is_not_a_merge(repo: Path) -> None:

@@ -145,17 +145,20 @@ def test_a_live_tree_with_uncommitted_work_is_never_merged_into(repo, model, rev
     assert head_sha(repo, "main") == before and (repo / "notes.txt").exists()
 
 
-def test_rollback_adds_a_revert_commit(repo, model, reviewer):
+def test_rollback_is_queued_and_the_worker_adds_a_revert_commit(repo, model, reviewer):
     model(GOOD)
     upgrade = loop.draft(instruction="Add sub")
     services.upgrade_approve(upgrade_id=upgrade.pk, actor=reviewer)
     worker.apply_approved_upgrades(None)  # type: ignore[arg-type]
+    applied = head_sha(repo, "main")
     out = StringIO()
-    call_command("upgrades", "rollback", str(upgrade.pk), "--user", "reviewer", stdout=out)
+    call_command("upgrades", "rollback", str(upgrade.pk), "--user", "reviewer", stdout=out, stderr=StringIO())
+    assert f"Rollback of upgrade {upgrade.pk} queued" in out.getvalue() and head_sha(repo, "main") == applied
+    assert worker.run_rollbacks(None) == 1  # type: ignore[arg-type]
     rolled = Upgrade.objects.get(pk=upgrade.pk)
-    assert rolled.status == Upgrade.Status.ROLLED_BACK and rolled.revert_commit in out.getvalue()
+    assert rolled.status == Upgrade.Status.ROLLED_BACK
     assert (repo / "pkg/calc.py").read_text() == CALC and head_sha(repo, "main") == rolled.revert_commit
-    with pytest.raises(CommandError, match="only an applied upgrade"):
+    with pytest.raises(CommandError, match="already rolled back"):
         call_command("upgrades", "rollback", str(upgrade.pk), "--user", "reviewer")
 
 

@@ -17,38 +17,10 @@ from apps.core.services import worker_default_id
 from apps.events.models import Event
 from apps.upgrades import gitops, loop, services, worker
 from apps.upgrades.models import Upgrade, UpgradeRequest
-from tests.upgrades.test_gitops import CALC, IDENTITY, WHO, commit_on, propose
+from tests.upgrades.test_gitops import CALC, IDENTITY, WHO, commit_on
 from tests.upgrades.test_loop import GOOD
 
-SUB = CALC + "\n\ndef sub(a, b):\n    return a - b\n"
-
 pytestmark = pytest.mark.usefixtures("isolated_git_config")
-
-
-@pytest.fixture
-def approved(repo: Path, tmp_path: Path, reviewer) -> Upgrade:
-    """An approved upgrade on its own branch and worktree, as the self-modify loop leaves it."""
-    worktree = propose(repo, tmp_path, [gitops.FileEdit("pkg/calc.py", SUB)], branch="self-modify/add-sub-1")
-    base, head = gitops.head_sha(repo, "main"), gitops.head_sha(repo, "self-modify/add-sub-1")
-    summary = gitops.diff_summary(repo, base, head)
-    upgrade = services.upgrade_propose(
-        proposal=services.Proposal(
-            description="Add sub",
-            instruction="Add sub",
-            repo_path=str(repo),
-            target_branch="main",
-            branch="self-modify/add-sub-1",
-            worktree_path=str(worktree),
-            base_commit=base,
-            head_commit=head,
-            files_changed=summary.files_changed,
-            diff=summary.diff,
-            diff_preview=summary.preview,
-            risk="medium",
-            test_results={"passed": True},
-        )
-    )
-    return services.upgrade_approve(upgrade_id=upgrade.pk, actor=reviewer)
 
 
 def claimed_by_a_dead_worker(upgrade: Upgrade) -> Upgrade:

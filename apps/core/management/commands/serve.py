@@ -2,6 +2,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -11,13 +12,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from apps.providers import embedded
 
 MODEL_HOST_RESTARTS = 3
+# How long a child may take to stop after SIGTERM (the worker: on top of WORKER_GRACE_SECONDS).
+STOP_SECONDS = 15
 
 
 class Command(BaseCommand):
     help = (
         "Run the dashboard (daphne), the worker and the embedded model host together, as `make run` does. Ctrl-C "
-        "or SIGTERM stops them all; if the dashboard or the worker exits, the rest are stopped too. The model host "
-        "is restarted if it dies, and not started when one already runs (`manage.py model_host`)."
+        "or SIGTERM stops them all, the model host last (the worker's running jobs get WORKER_GRACE_SECONDS; a "
+        "second Ctrl-C hands them back at once); if the dashboard or the worker exits, the rest are stopped too. "
+        "The model host is restarted if it dies, and not started when one already runs (`manage.py model_host`)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -34,10 +38,12 @@ class Command(BaseCommand):
         web = [python, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "timmy_site.asgi:application"]
         worker = [python, "manage.py", "run_worker"]
         stopping = False
+        signals = 0
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            nonlocal stopping
+            nonlocal stopping, signals
             stopping = True
+            signals += 1
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
@@ -67,17 +73,31 @@ class Command(BaseCommand):
                 failed = f"{name} exited with status {proc.returncode}"
                 stopping = True
             time.sleep(0.2)
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for name, proc in procs.items():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.stderr.write(f"{name} did not stop in time; killing it.")
-                proc.kill()
-                proc.wait()
+        # The model host last: the worker's running jobs may be using it during their grace period.
+        first = {name: proc for name, proc in procs.items() if name != "model host"}
+        self._stop(first, timeout=settings.WORKER_GRACE_SECONDS + STOP_SECONDS, signals=lambda: signals)
+        self._stop({k: v for k, v in procs.items() if k not in first}, timeout=STOP_SECONDS, signals=lambda: signals)
         if failed:
             raise CommandError(f"Stopped because the {failed}.")
         self.stdout.write("Stopped.")
+
+    def _stop(self, procs: dict[str, subprocess.Popen[bytes]], *, timeout: float, signals: Callable[[], int]) -> None:
+        """SIGTERM, then wait up to `timeout`, passing a further Ctrl-C on (the worker then hands its jobs back at
+        once); what is still running after that is killed."""
+        seen = signals()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(proc.poll() is None for proc in procs.values()) and time.monotonic() < deadline:
+            if signals() != seen:
+                seen = signals()
+                for proc in procs.values():
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+        for name, proc in procs.items():
+            if proc.poll() is None:
+                self.stderr.write(f"{name} did not stop in time; killing it.")
+                proc.kill()
+                proc.wait()
