@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEV := DJANGO_DEBUG=1
 
-.PHONY: setup browser redis run test test-sqlite test-pg lint manage bench clean
+.PHONY: setup browser redis sandbox run test test-sqlite test-pg lint manage bench clean
 
-setup: $(VENV)/.installed browser redis
+setup: $(VENV)/.installed browser redis sandbox
 
 $(VENV)/.installed: requirements/base.txt requirements/ml.txt requirements/dev.txt requirements/models.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ redis:
 	@if [ ! -x /usr/bin/redis-server ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 		else echo "Install Redis for the channel-layer tests: sudo apt-get install redis-server"; exit 1; fi; \
+	fi
+
+# A proposal's tests run inside a bubblewrap sandbox (docs/upgrades.md): without it they are not run at all.
+sandbox:
+	@if [ ! -x /usr/bin/bwrap ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+		else echo "Install bubblewrap to test proposals in a sandbox: sudo apt-get install bubblewrap"; exit 1; fi; \
 	fi
 
 run: $(VENV)/.installed

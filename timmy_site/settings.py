@@ -322,8 +322,23 @@ L402_CHALLENGES_PER_MINUTE = env.int("L402_CHALLENGES_PER_MINUTE", default=20)
 SELF_MODIFY_REPO = env.str("SELF_MODIFY_REPO", default=str(BASE_DIR))
 SELF_MODIFY_TARGET_BRANCH = env.str("SELF_MODIFY_TARGET_BRANCH", default="")
 SELF_MODIFY_ALLOWED_PATHS = env.list("SELF_MODIFY_ALLOWED_PATHS", default=[])
+# Where a proposal may add an executable file or make one executable (path prefixes; empty: nowhere), and the
+# largest file it may add or change. Symbolic links, submodules and binary files are always refused.
+SELF_MODIFY_EXECUTABLE_PATHS = env.list("SELF_MODIFY_EXECUTABLE_PATHS", default=[])
+SELF_MODIFY_MAX_FILE_BYTES = env.int("SELF_MODIFY_MAX_FILE_BYTES", default=1_048_576)
 SELF_MODIFY_TEST_COMMAND = env.str("SELF_MODIFY_TEST_COMMAND", default=f"{sys.executable} -m pytest -q -x")
 SELF_MODIFY_TEST_TIMEOUT_SECONDS = env.int("SELF_MODIFY_TEST_TIMEOUT_SECONDS", default=1800)
+# Proposal tests run in a bubblewrap sandbox (apps.upgrades.sandbox) with these limits; the wall time is
+# SELF_MODIFY_TEST_TIMEOUT_SECONDS. Where no sandbox can be made they are not run, unless
+# SELF_MODIFY_UNSANDBOXED_TESTS allows running them without one (every such proposal is then high risk).
+SANDBOX_BWRAP = env.str("SANDBOX_BWRAP", default="bwrap")
+SANDBOX_MEMORY_MB = env.int("SANDBOX_MEMORY_MB", default=4096)
+SANDBOX_MAX_PROCESSES = env.int("SANDBOX_MAX_PROCESSES", default=512)
+SANDBOX_OUTPUT_BYTES = env.int("SANDBOX_OUTPUT_BYTES", default=1_048_576)
+SANDBOX_FILE_BYTES = env.int("SANDBOX_FILE_BYTES", default=256 * 1_048_576)
+# Memory and process limits by a cgroup of each run's own when one can be made here (off: rlimits only).
+SANDBOX_CGROUPS = env.bool("SANDBOX_CGROUPS", default=True)
+SELF_MODIFY_UNSANDBOXED_TESTS = env.bool("SELF_MODIFY_UNSANDBOXED_TESTS", default=False)
 SELF_MODIFY_MAX_ATTEMPTS = env.int("SELF_MODIFY_MAX_ATTEMPTS", default=3)
 UPGRADE_MAX_DIFF_LINES = env.int("UPGRADE_MAX_DIFF_LINES", default=10_000)
 # Proposals older than this expire (or, with AUTO_APPROVE_UPGRADES, low-risk ones with passing tests are approved).

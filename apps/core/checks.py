@@ -1,9 +1,10 @@
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import connections
 from django.utils.module_loading import import_string
 
@@ -41,6 +42,7 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
                 errors.append(Error(f"{name} entry {path!r} cannot be imported: {exc}", id="timmy.E004"))
     if not 0 <= settings.AUCTION_MAX_EXTENSIONS <= 1000:
         errors.append(Error("AUCTION_MAX_EXTENSIONS must be between 0 and 1000.", id="timmy.E006"))
+    errors += _sandbox_messages()
     if settings.WORKER_GRACE_SECONDS < 0:
         errors.append(Error("WORKER_GRACE_SECONDS must be 0 or more.", id="timmy.E006"))
     for name in (
@@ -61,6 +63,10 @@ def timmy_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         "EMBEDDED_THREADS",
         "EMBEDDING_THREADS",
         "WORKER_CONCURRENCY",
+        "SANDBOX_MEMORY_MB",
+        "SANDBOX_MAX_PROCESSES",
+        "SANDBOX_OUTPUT_BYTES",
+        "SANDBOX_FILE_BYTES",
     ):
         if getattr(settings, name) < 1:
             errors.append(Error(f"{name} must be at least 1.", id="timmy.E006"))
@@ -140,3 +146,27 @@ def _lightning_errors() -> list[CheckMessage]:
         if not valid:
             errors.append(Error("L402_ROOT_KEY must be at least 32 bytes in hex (64 characters).", id="timmy.E011"))
     return errors
+
+
+def _sandbox_messages() -> list[CheckMessage]:
+    try:
+        argv = shlex.split(settings.SELF_MODIFY_TEST_COMMAND)
+    except ValueError as exc:
+        return [Error(f"SELF_MODIFY_TEST_COMMAND cannot be split into words: {exc}.", id="timmy.E014")]
+    if not argv:
+        return [Error("SELF_MODIFY_TEST_COMMAND is empty: proposals could not be tested.", id="timmy.E014")]
+    from apps.upgrades import sandbox  # the upgrades app is loaded by the time checks run
+
+    messages: list[CheckMessage] = []
+    reason = sandbox.unavailable_reason()
+    if reason is not None and settings.SELF_MODIFY_UNSANDBOXED_TESTS:
+        messages.append(
+            Warning(
+                f"No sandbox for proposal tests ({reason}); SELF_MODIFY_UNSANDBOXED_TESTS runs them anyway, with "
+                "this process's access to your files. Every such proposal is high risk.",
+                id="timmy.W001",
+            )
+        )
+    elif reason is not None:
+        messages.append(Warning(f"Proposal tests will not run: {reason}.", id="timmy.W001"))
+    return messages

@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from apps.core.selectors import workers_alive_count
-from apps.upgrades import selectors, services
+from apps.upgrades import sandbox, selectors, services
 from apps.upgrades.models import Upgrade, UpgradeRequest
 
 CONFIRMATION_TEMPLATE = "admin/upgrades/upgrade/action_confirmation.html"
@@ -38,11 +38,14 @@ NO_WORKER = (
 def tests_summary(results: dict[str, Any]) -> str:
     if not results:
         return "not tested"
+    if results.get("not_run"):
+        return "✗ not run: no sandbox"
+    unsandboxed = " ⚠ not sandboxed" if results.get("sandbox") == sandbox.UNSANDBOXED else ""
     if results.get("passed"):
-        return f"✓ {results.get('passed_count', 0)} passed"
+        return f"✓ {results.get('passed_count', 0)} passed{unsandboxed}"
     failed = "timed out" if results.get("timed_out") else f"{results.get('failed_count', 0)} failed"
     passed = f", {results['passed_count']} passed" if results.get("passed_count") else ""
-    return f"✗ {failed}{passed}"
+    return f"✗ {failed}{passed}{unsandboxed}"
 
 
 def _skip_reason(exc: services.UpgradeError, upgrade: Upgrade) -> str:
@@ -299,12 +302,12 @@ class UpgradeRequestAdmin(admin.ModelAdmin):
     list_display_links = ["id", "summary"]
     list_filter = ["status"]
     list_select_related = ["requested_by", "upgrade"]
-    search_fields = ["instruction"]
+    search_fields = ["instruction", "branch"]
     show_full_result_count = False
     raw_id_fields = ["task", "upgrade"]
     readonly_fields = (
-        "instruction", "status", "requested_by", "task", "upgrade", "error_message", "created_at", "claimed_by",
-        "lease_expires_at", "attempts", "finished_at",
+        "instruction", "branch", "commit", "status", "requested_by", "task", "upgrade", "error_message", "created_at",
+        "claimed_by", "lease_expires_at", "attempts", "finished_at",
     )  # fmt: skip
     fields = readonly_fields
 

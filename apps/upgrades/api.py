@@ -2,12 +2,12 @@ from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from apps.core.auth import require_staff
-from apps.upgrades import selectors, services
-from apps.upgrades.models import Upgrade
+from apps.upgrades import loop, selectors, services
+from apps.upgrades.models import Upgrade, UpgradeRequest
 
 router = Router(tags=["upgrades"])
 
@@ -70,6 +70,27 @@ class RejectIn(Schema):
     reason: str = Field(..., min_length=1, max_length=services.REASON_MAX)
 
 
+class BranchIn(Schema):
+    branch: str = Field(..., min_length=1, max_length=services.BRANCH_MAX, description="a branch of SELF_MODIFY_REPO")
+    description: str = Field(..., min_length=1, max_length=services.INSTRUCTION_MAX, description="what it changes")
+
+
+class RefusedOut(Schema):
+    detail: str = Field(..., description="why the branch is refused, naming each file")
+
+
+class RequestOut(Schema):
+    id: int
+    status: UpgradeRequest.Status
+    instruction: str = Field(..., description="what was asked for; for a branch, the description of its change")
+    branch: str = Field(..., description="the branch proposed as it is; empty for a change a model drafts")
+    commit: str = Field(..., description="the commit of the branch that was checked, tested and proposed")
+    error_message: str = Field(..., description="why it failed")
+    upgrade_id: int | None = Field(..., description="the proposed upgrade, once the worker is done")
+    created_at: datetime
+    finished_at: datetime | None
+
+
 def _upgrade(upgrade_id: int) -> Upgrade:
     upgrade = Upgrade.objects.select_related("approved_by", "rejected_by").filter(pk=upgrade_id).first()
     if upgrade is None:
@@ -95,6 +116,42 @@ def upgrade_list(
 ) -> list[Upgrade]:
     require_staff(request)
     return selectors.upgrades_list(status=status, limit=limit)
+
+
+# Before "/{upgrade_id}", whose pattern would take "branch" for an id (and answer 405 to a POST).
+@router.post(
+    "/branch",
+    response={202: RequestOut, 422: RefusedOut},
+    summary="Propose an existing branch as it is: checked at once, then tested and proposed by the worker",
+    description=(
+        "The branch's changed files are checked as they would be proposed, and the request is refused with 422 and "
+        "the reason (naming each file) when the branch does not exist or changes nothing, or adds or changes a "
+        "symbolic link, a submodule or `.gitmodules`, a binary file, a file over SELF_MODIFY_MAX_FILE_BYTES, an "
+        "executable outside SELF_MODIFY_EXECUTABLE_PATHS, a path outside SELF_MODIFY_ALLOWED_PATHS, or Python that "
+        "does not parse. Otherwise the commit checked is queued (202): the worker checks it again, runs its tests in "
+        "their own worktree and proposes it; follow it at `/api/v1/upgrades/requests/{id}`."
+    ),
+)
+def upgrade_branch_propose(request: HttpRequest, payload: BranchIn) -> Status:
+    user = require_staff(request)
+    try:
+        change = loop.queue_branch(branch=payload.branch, description=payload.description, actor=user)
+    except services.UpgradeError as exc:
+        raise _http_error(exc) from exc
+    return Status(202, change)
+
+
+@router.get(
+    "/requests/{request_id}",
+    response=RequestOut,
+    summary="A change request: queued, running, done (with its upgrade) or failed (with the reason)",
+)
+def upgrade_request_detail(request: HttpRequest, request_id: int) -> UpgradeRequest:
+    require_staff(request)
+    change = UpgradeRequest.objects.filter(pk=request_id).first()
+    if change is None:
+        raise HttpError(404, f"Change request {request_id} not found.")
+    return change
 
 
 @router.get("/{upgrade_id}", response=UpgradeDetailOut, summary="One upgrade, with its test results and commits")

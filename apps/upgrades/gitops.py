@@ -10,6 +10,7 @@ import ast
 import contextlib
 import difflib
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -28,7 +29,12 @@ SYMLINK_MODE = 0o120000
 GITLINK_MODE = 0o160000
 # Modes as `git diff --raw` writes them; "000000" is the side where the file does not exist.
 REGULAR_FILE_MODE = "100644"
+EXECUTABLE_MODE = "100755"
+RAW_SYMLINK_MODE = "120000"
+RAW_GITLINK_MODE = "160000"
 NO_FILE_MODE = "000000"
+# Refusals of one branch listed in one message, so the proposer can fix them all at once; the rest are counted.
+REFUSALS_SHOWN = 10
 KILL_WAIT_SECONDS = 5
 
 RiskLevel = Literal["low", "medium", "high"]
@@ -88,6 +94,14 @@ class TestRun:
     duration_seconds: float
     output_tail: str
     timed_out: bool
+    # Set by apps.upgrades.sandbox: "bubblewrap" for a sandboxed run, "none" for a run without one.
+    sandbox: str = "none"
+    limited_by: str = ""  # how memory and processes were limited (cgroup, rlimits)
+    limits_not_enforced: tuple[str, ...] = ()
+    limits_hit: tuple[str, ...] = ()
+    output_cut: bool = False
+    # Why the tests were not run at all (no sandbox could be made); "" when they ran.
+    not_run: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,13 @@ class MergedTree:
 
 
 def validate_edits(
-    repo_root: Path, edits: Sequence[FileEdit], *, allowed_paths: Sequence[str], base: str, max_diff_lines: int
+    repo_root: Path,
+    edits: Sequence[FileEdit],
+    *,
+    allowed_paths: Sequence[str],
+    base: str,
+    max_diff_lines: int,
+    max_file_bytes: int | None = None,
 ) -> None:
     """Raise EditRejected for the first edit that may not be applied on top of `base`.
 
@@ -125,6 +145,8 @@ def validate_edits(
                 raise EditRejected(f"{path}: edited more than once")
             seen.add(path)
             _check_path_syntax(path)
+            if _is_gitmodules(path):
+                raise EditRejected(f"{path}: {GITMODULES_REFUSED}")
             if allowed_paths and not any(_is_under(path, prefix) for prefix in allowed_paths):
                 raise EditRejected(f"{path}: outside the allowed paths ({', '.join(allowed_paths)})")
             existing = _base_blob(tree, path, base)
@@ -138,7 +160,10 @@ def validate_edits(
             else:
                 new = edit.content
                 if "\x00" in new:
-                    raise EditRejected(f"{path}: content contains NUL bytes")
+                    raise EditRejected(f"{path}: content contains NUL bytes (a binary file): {BINARY_REFUSED}")
+                size = len(new.encode("utf-8", errors="surrogateescape"))
+                if max_file_bytes is not None and size > max_file_bytes:
+                    raise EditRejected(f"{path}: {_too_large(size, max_file_bytes)}")
                 if path.endswith(".py"):
                     try:
                         ast.parse(new, filename=path)
@@ -149,13 +174,135 @@ def validate_edits(
             raise EditRejected(f"the edits change {changed_lines} lines, more than the limit of {max_diff_lines}")
 
 
+def branch_edits(
+    repo_root: Path, *, base: str, tip: str, executable_paths: Sequence[str], max_file_bytes: int
+) -> list[FileEdit]:
+    """The change from `base` to `tip` (a commit somebody else made) as the whole-file edits validate_edits checks.
+
+    Made of git's tree entries, not of files: it refuses, naming each path, what a text edit could not express and
+    what could reach outside the repository once checked out: symbolic links (saying where each points), submodules
+    and `.gitmodules`, files that become executable outside `executable_paths`, binary files, and files over
+    `max_file_bytes`. Raises EditRejected listing every refused entry."""
+    refusals: list[str] = []
+    edits: list[FileEdit] = []
+    with git.Repo(repo_root) as repo:
+        base, tip = _sha(repo, base), _sha(repo, tip)
+        binary = _binary_paths(repo, base, tip)
+        for change in _tree_changes(repo, base, tip):
+            problem = _refusal(repo, change, executable_paths=executable_paths)
+            if problem is None and change.new_mode != NO_FILE_MODE:
+                size = repo.odb.info(bytes.fromhex(change.new_sha)).size
+                if size > max_file_bytes:
+                    problem = _too_large(size, max_file_bytes)
+                else:
+                    data = repo.odb.stream(bytes.fromhex(change.new_sha)).read()
+                    if change.path in binary or b"\0" in data:
+                        problem = f"is a binary file: {BINARY_REFUSED}"
+                    else:
+                        edits.append(FileEdit(change.path, data.decode("utf-8", errors="replace")))
+            elif problem is None:
+                edits.append(FileEdit(change.path, None))
+            if problem is not None:
+                refusals.append(f"{change.path}: {problem}")
+    if refusals:
+        more = len(refusals) - REFUSALS_SHOWN
+        shown = "; ".join(refusals[:REFUSALS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+        raise EditRejected(shown)
+    return edits
+
+
+@dataclass(frozen=True)
+class TreeChange:
+    """One entry of `git diff --raw`; a mode is NO_FILE_MODE on the side where the entry does not exist."""
+
+    path: str
+    old_mode: str
+    new_mode: str
+    old_sha: str
+    new_sha: str
+
+
+def _tree_changes(repo: git.Repo, base: str, tip: str) -> list[TreeChange]:
+    # Renames come as a deletion and an addition, so each side is checked on its own.
+    raw = repo.git.diff("--no-color", "--no-ext-diff", "--no-renames", "--raw", "-z", "--abbrev=40", base, tip)
+    fields = raw.split("\0")
+    changes = []
+    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+        if meta.startswith(":"):
+            old_mode, new_mode, old_sha, new_sha = meta[1:].split(" ")[:4]
+            changes.append(TreeChange(path, old_mode, new_mode, old_sha, new_sha))
+    return changes
+
+
+GITMODULES_REFUSED = "submodules and .gitmodules are refused: they bring in code from outside the repository"
+BINARY_REFUSED = "proposals may only change text files"
+
+
+def _refusal(repo: git.Repo, change: TreeChange, *, executable_paths: Sequence[str]) -> str | None:
+    """Why the entry may not be proposed, as a phrase after its path; None if its modes are fine."""
+    old, new = change.old_mode, change.new_mode
+    if _is_gitmodules(change.path):
+        return GITMODULES_REFUSED
+    if new == RAW_GITLINK_MODE:
+        what = "changes a submodule" if old == RAW_GITLINK_MODE else "is a submodule"
+        return f"{what} (commit {change.new_sha[:12]}): {GITMODULES_REFUSED}"
+    if old == RAW_GITLINK_MODE:
+        return f"removes a submodule: {GITMODULES_REFUSED}"
+    if new == RAW_SYMLINK_MODE:
+        link = repo.odb.stream(bytes.fromhex(change.new_sha)).read().decode("utf-8", errors="replace")
+        where = " (outside the repository)" if _escapes(change.path, link) else ""
+        return f"is a symbolic link to {link[:200]!r}{where}: symbolic links are refused"
+    if new == EXECUTABLE_MODE and old != EXECUTABLE_MODE:
+        if any(_is_under(change.path, prefix) for prefix in executable_paths if prefix.strip("/")):
+            return None
+        how = "is a new executable file (mode 100755)" if old == NO_FILE_MODE else f"becomes executable ({old} → {new})"
+        allowed = ", ".join(executable_paths) or "none"
+        return f"{how} outside the paths where executables are allowed (SELF_MODIFY_EXECUTABLE_PATHS: {allowed})"
+    if new not in (NO_FILE_MODE, REGULAR_FILE_MODE, EXECUTABLE_MODE):
+        return f"has the mode {new}, which is not a plain file"
+    return None
+
+
+def _binary_paths(repo: git.Repo, base: str, tip: str) -> set[str]:
+    # numstat writes "-\t-" for what git takes for binary (its own heuristic, or the owner's .gitattributes).
+    numstat = repo.git.diff(
+        "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--numstat", "-z", base, tip
+    )
+    binary = set()
+    for record in numstat.split("\0"):
+        plus, _, rest = record.partition("\t")
+        minus, _, path = rest.partition("\t")
+        if plus == "-" and minus == "-" and path:
+            binary.add(path)
+    return binary
+
+
+def _escapes(path: str, link: str) -> bool:
+    """Whether a symbolic link at `path` with this target points outside the repository."""
+    if link.startswith("/") or "\0" in link:
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
+    return resolved == ".." or resolved.startswith("../")
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"is {size:,} bytes, over the limit of {limit:,} bytes (SELF_MODIFY_MAX_FILE_BYTES)"
+
+
+def _is_gitmodules(path: str) -> bool:
+    # Git reads only the top-level one, but a nested one does nothing useful and may become top-level by a move.
+    return PurePosixPath(path).name.lower() == ".gitmodules"
+
+
 def write_edits(worktree: Path, edits: Sequence[FileEdit]) -> None:
     root = worktree.resolve()
     for edit in edits:
         _check_path_syntax(edit.path)
         target = root / edit.path
         # validate_edits checked the base tree; this guards a worktree that differs from it.
-        if target.is_symlink() or not target.parent.resolve().is_relative_to(root):
+        if target.is_symlink():
+            raise EditRejected(f"{edit.path}: is a symbolic link in the worktree {root}; edits are written as files")
+        if not target.parent.resolve().is_relative_to(root):
             raise EditRejected(f"{edit.path}: resolves outside the worktree {root}")
         if edit.content is None:
             target.unlink()
@@ -245,6 +392,37 @@ def remove_worktree(repo_path: Path, worktree: Path, *, branch: str | None = Non
             repo.git.branch("-D", branch)
 
 
+def git_pointer(worktree: Path) -> bytes:
+    """The worktree's `.git` file (`gitdir: …`), read before untrusted code runs there, for restore_worktree."""
+    return (worktree / ".git").read_bytes()
+
+
+def restore_worktree(worktree: Path, pointer: bytes) -> None:
+    """Put a worktree back as its HEAD after untrusted code ran in it (a proposal's tests): its `.git` file first,
+    from `pointer`, since the code may have put a git directory of its own there whose config has git run commands;
+    then tracked files are reset and everything else is removed, so nothing it left is committed or run later."""
+    root = worktree.resolve()
+    # Directories it made unreadable or unwritable would stop the clean-up; links are never followed.
+    root.chmod(root.stat().st_mode & 0o7777 | 0o700)
+    for folder, dirs, _ in os.walk(root):
+        for name in dirs:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                path.chmod(path.lstat().st_mode & 0o7777 | 0o700)
+    dot_git = root / ".git"
+    if dot_git.is_dir() and not dot_git.is_symlink():
+        shutil.rmtree(dot_git)
+    elif dot_git.is_symlink() or dot_git.exists():
+        dot_git.unlink()
+    dot_git.write_bytes(pointer)
+    try:
+        with git.Repo(root) as repo:
+            repo.git.reset("--hard", "--quiet", "HEAD")
+            repo.git.clean("-ffdxq")  # -ff: nested repositories too
+    except git.GitCommandError as exc:
+        raise GitOpsError(f"could not restore {root} after its test run: {_stderr(exc)}") from exc
+
+
 # Refs
 
 
@@ -256,6 +434,17 @@ def current_branch(repo_path: Path) -> str | None:
 def head_sha(repo_path: Path, ref: str) -> str:
     with git.Repo(repo_path) as repo:
         return _sha(repo, ref)
+
+
+def merge_base(repo_path: Path, one: str, other: str) -> str | None:
+    """The best common ancestor of two commits, or None when they share no history."""
+    with git.Repo(repo_path) as repo:
+        try:
+            return str(repo.git.merge_base(_sha(repo, one), _sha(repo, other)))
+        except git.GitCommandError as exc:
+            if exc.status == 1:
+                return None
+            raise
 
 
 def target_moved(repo_path: Path, target_branch: str, base_sha: str) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import git
 from django.conf import settings
@@ -27,7 +28,7 @@ from django.utils.text import slugify
 from apps.providers import router
 from apps.providers.context import Message, Prompt, estimate_tokens
 from apps.upgrades import gitops, selectors, services
-from apps.upgrades.models import Upgrade
+from apps.upgrades.models import Upgrade, UpgradeRequest
 
 SYSTEM_PROMPT = """You change a code base by writing whole files. Reply in exactly this format and nothing else:
 
@@ -407,6 +408,7 @@ def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
                 allowed_paths=settings.SELF_MODIFY_ALLOWED_PATHS,
                 base=head,
                 max_diff_lines=settings.UPGRADE_MAX_DIFF_LINES,
+                max_file_bytes=settings.SELF_MODIFY_MAX_FILE_BYTES,
             )
             if worktree is None:
                 worktree = gitops.create_worktree(
@@ -424,7 +426,7 @@ def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
             feedback = f"That change was refused: {_bounded(problem, keep_end=False)}\nReply again, whole files."
             continue
         run = services.run_proposal_tests(worktree)
-        if run.passed:
+        if run.passed or run.not_run:  # not run (no sandbox): no later attempt would be either
             break
         problem = f"the tests failed:\n{run.output_tail}"
         feedback = (
@@ -446,6 +448,8 @@ def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
 
 
 def _failure(run: gitops.TestRun, problem: str) -> str:
+    if run.not_run:
+        return services.tests_not_run_error(run.not_run)
     text = (
         "The tests time out with the proposed change." if run.timed_out else "The tests fail with the proposed change."
     )
@@ -454,41 +458,91 @@ def _failure(run: gitops.TestRun, problem: str) -> str:
     return text
 
 
-def propose_branch(*, branch: str, description: str) -> Upgrade:
-    """Propose an existing branch of the target repository as it is: the same validation and isolated test run.
-    The branch is copied to `self-modify/branch-…` so the original stays untouched."""
+class BranchRefused(DraftFailed, services.InvalidUpgrade):
+    """A branch that cannot be proposed: it does not exist, changes nothing, or changes what a proposal may not
+    (the message names each path and why)."""
+
+
+@dataclass(frozen=True)
+class CheckedBranch:
+    where: Target
+    branch: str
+    tip: str  # the commit checked: what is tested and proposed, wherever the branch has moved since
+    base: str
+
+
+def check_branch(*, branch: str, commit: str = "") -> CheckedBranch:
+    """Check an existing branch (or, with `commit`, the commit of it checked earlier) as it would be proposed: every
+    changed tree entry with its mode (gitops.branch_edits), then the same validation as a model's edits. Reads git
+    only; raises BranchRefused saying why."""
     where = target()
-    repo = git.Repo(where.repo)
     try:
-        tip = gitops.head_sha(where.repo, branch)
+        tip = gitops.head_sha(where.repo, commit or branch)
     except gitops.GitOpsError as exc:
-        raise DraftFailed(f"No branch {branch!r} in {where.repo}.") from exc
-    bases = repo.merge_base(where.branch, tip)
-    if not bases:
-        raise DraftFailed(f"{branch} shares no history with {where.branch}.")
-    base = bases[0].hexsha
-    changed = gitops.diff_summary(where.repo, base, tip)
-    if not changed.files_changed:
-        raise DraftFailed(f"{branch} has no changes against {where.branch}.")
-    edits = [
-        gitops.FileEdit(path, None if path in changed.deleted else repo.git.show(f"{tip}:{path}") + "\n")
-        for path in changed.files_changed
-    ]
+        what = f"commit {commit!r} of {branch}" if commit else f"branch {branch!r}"
+        raise BranchRefused(f"No {what} in {where.repo}.") from exc
+    base = gitops.merge_base(where.repo, where.branch, tip)
+    if base is None:
+        raise BranchRefused(f"{branch} shares no history with {where.branch}.")
     try:
+        edits = gitops.branch_edits(
+            where.repo,
+            base=base,
+            tip=tip,
+            executable_paths=settings.SELF_MODIFY_EXECUTABLE_PATHS,
+            max_file_bytes=settings.SELF_MODIFY_MAX_FILE_BYTES,
+        )
+        if not edits:
+            raise BranchRefused(f"{branch} has no changes against {where.branch}.")
         gitops.validate_edits(
             where.repo,
             edits,
             allowed_paths=settings.SELF_MODIFY_ALLOWED_PATHS,
             base=base,
             max_diff_lines=settings.UPGRADE_MAX_DIFF_LINES,
+            max_file_bytes=settings.SELF_MODIFY_MAX_FILE_BYTES,
         )
     except gitops.EditRejected as exc:
-        raise DraftFailed(f"{branch} cannot be proposed: {exc}") from exc
-    copy = f"self-modify/branch-{slugify(branch)[:40]}-{uuid.uuid4().hex[:6]}"
-    worktree = gitops.create_worktree(where.repo, branch=copy, base=tip, worktrees_dir=services.worktrees_dir())
+        raise BranchRefused(f"{branch} cannot be proposed: {exc}") from exc
+    return CheckedBranch(where=where, branch=branch, tip=tip, base=base)
+
+
+def queue_branch(*, branch: str, description: str, actor: Any) -> UpgradeRequest:
+    """Check the branch now, so a refusal reaches the proposer at once, and queue its commit for the worker, which
+    checks it again, tests it and proposes it (the page and the API never run the tests themselves)."""
+    checked = check_branch(branch=branch)
+    return services.upgrade_branch_request_create(
+        branch=branch, commit=checked.tip, description=description, actor=actor
+    )
+
+
+def propose_branch(*, branch: str, description: str, commit: str = "", request_id: int | None = None) -> Upgrade:
+    """Propose an existing branch (or the commit of it that was checked when it was queued) as it is: the same
+    validation and isolated test run. The commit is copied to `self-modify/branch-…` so the original stays
+    untouched.
+
+    For a queued request drafted again after its worker died: the upgrade that worker proposed, if it got that far;
+    otherwise its copy and worktree are discarded first."""
+    checked = check_branch(branch=branch, commit=commit)
+    where = checked.where
+    suffix = f"r{request_id}" if request_id is not None else uuid.uuid4().hex[:6]
+    copy = f"self-modify/branch-{slugify(branch)[:40].strip('-') or 'branch'}-{suffix}"
+    if request_id is not None:
+        earlier = selectors.upgrade_on_branch(repo_path=str(where.repo), branch=copy)
+        if earlier is not None:
+            return earlier
+        gitops.discard_branch(where.repo, copy)
+    worktree = gitops.create_worktree(where.repo, branch=copy, base=checked.tip, worktrees_dir=services.worktrees_dir())
     run = services.run_proposal_tests(worktree)
     return _propose(
-        where, branch=copy, worktree=worktree, base=base, description=description, instruction="", run=run, attempts=1
+        where,
+        branch=copy,
+        worktree=worktree,
+        base=checked.base,
+        description=description,
+        instruction="",
+        run=run,
+        attempts=1,
     )
 
 
@@ -506,6 +560,8 @@ def _propose(
 ) -> Upgrade:
     head = gitops.head_sha(where.repo, branch)
     summary = gitops.diff_summary(where.repo, base, head)
+    if run.not_run and not error:
+        error = services.tests_not_run_error(run.not_run)
     return services.upgrade_propose(
         proposal=services.Proposal(
             description=description,

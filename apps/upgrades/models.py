@@ -109,7 +109,12 @@ class UpgradeRequest(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
+    # For a branch proposed as it is, the description of the change.
     instruction = models.TextField()
+    # A branch proposed as it is (the page, the API, `self_modify --branch --queue`): the commit of it that was
+    # checked when it was queued, which the worker tests and proposes. Empty for a change the model drafts.
+    branch = models.CharField(max_length=200, blank=True)
+    commit = models.CharField(max_length=40, blank=True)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

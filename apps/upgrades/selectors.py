@@ -10,6 +10,7 @@ from apps.upgrades.models import Upgrade, UpgradeRequest
 
 HISTORY_LIMIT = 50
 AUDIT_LIMIT = 200
+FAILED_REQUESTS_LIMIT = 5
 FINISHED = (
     Upgrade.Status.APPLIED,
     Upgrade.Status.FAILED,
@@ -43,6 +44,13 @@ def upgrade_requests_open() -> list[UpgradeRequest]:
     return list(qs.select_related("requested_by").order_by("id"))
 
 
+def upgrade_requests_failed(*, limit: int = FAILED_REQUESTS_LIMIT) -> list[UpgradeRequest]:
+    """The latest change requests that came to nothing (no usable change, a branch refused by the worker's check),
+    newest first."""
+    qs = UpgradeRequest.objects.filter(status=UpgradeRequest.Status.FAILED).select_related("requested_by")
+    return list(qs.order_by("-id")[:limit])
+
+
 def upgrade_on_branch(*, repo_path: str, branch: str) -> Upgrade | None:
     return Upgrade.objects.filter(repo_path=repo_path, branch=branch).order_by("id").first()
 
@@ -73,6 +81,26 @@ class DiffFile:
     lines: list[DiffLine] = field(default_factory=list)
     added: int = 0
     removed: int = 0
+    # From git's "old mode"/"new mode" (or "new file mode"/"deleted file mode") lines; "" when it says none.
+    old_mode: str = ""
+    new_mode: str = ""
+
+    @property
+    def mode_change(self) -> str:
+        """`mode 100644 → 100755 (executable)` for a mode change, `new file, mode 120000 (symbolic link)` for a new
+        file that is not a plain one, otherwise empty."""
+        if self.old_mode and self.new_mode and self.old_mode != self.new_mode:
+            return f"mode {self.old_mode} → {self.new_mode}{_mode_name(self.new_mode)}"
+        if self.new_mode and not self.old_mode and self.new_mode != "100644":
+            return f"new file, mode {self.new_mode}{_mode_name(self.new_mode)}"
+        return ""
+
+
+MODE_NAMES = {"100644": "file", "100755": "executable", "120000": "symbolic link", "160000": "submodule"}
+
+
+def _mode_name(mode: str) -> str:
+    return f" ({MODE_NAMES[mode]})" if mode in MODE_NAMES else ""
 
 
 HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
@@ -135,6 +163,8 @@ def diff_files(diff: str) -> list[DiffFile]:
             new_left = int(match.group(2) or 1)
         elif text.startswith(HEADER_PREFIXES):
             kind = "file"
+            if current is not None:
+                _note_mode(current, text)
         elif text.startswith("+"):
             kind = "add"  # a fragment without hunk headers
         elif text.startswith("-"):
@@ -150,6 +180,17 @@ def diff_files(diff: str) -> list[DiffFile]:
         elif kind == "del":
             target.removed += 1
     return files
+
+
+def _note_mode(diff_file: DiffFile, header: str) -> None:
+    for prefix, side in (
+        ("old mode ", "old"),
+        ("deleted file mode ", "old"),
+        ("new mode ", "new"),
+        ("new file mode ", "new"),
+    ):
+        if header.startswith(prefix):
+            setattr(diff_file, f"{side}_mode", header.removeprefix(prefix).strip())
 
 
 def _has_hunk(diff_file: DiffFile) -> bool:

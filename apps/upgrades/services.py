@@ -4,8 +4,9 @@
 Git work (worktrees, merges, reverts) is in apps.upgrades.gitops and runs outside any transaction.
 """
 
+import dataclasses
 import logging
-import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from apps.core.leases import LeaseKeeper
 from apps.events.services import clean_multiline_text, log_event
-from apps.upgrades import gitops
+from apps.upgrades import gitops, sandbox
 from apps.upgrades.models import Risk, Upgrade, UpgradeRequest
 
 logger = logging.getLogger("timmy.upgrades")
@@ -134,11 +135,13 @@ class Proposal:
 
 
 def upgrade_propose(*, proposal: Proposal, actor: Any = None) -> Upgrade:
+    """Record a proposal. One whose tests ran without a sandbox is high risk, whatever it changes."""
     description = clean_multiline_text(proposal.description).strip()
     if not description:
         raise InvalidUpgrade("An upgrade needs a description.")
     if proposal.risk not in Risk.values:
         raise InvalidUpgrade(f"Unknown risk {proposal.risk!r}.")
+    unsandboxed = proposal.test_results.get("sandbox") == sandbox.UNSANDBOXED
     with transaction.atomic():
         upgrade = Upgrade.objects.create(
             description=description,
@@ -152,7 +155,7 @@ def upgrade_propose(*, proposal: Proposal, actor: Any = None) -> Upgrade:
             files_changed=proposal.files_changed,
             diff=proposal.diff,
             diff_preview=proposal.diff_preview,
-            risk=proposal.risk,
+            risk=Risk.HIGH if unsandboxed else proposal.risk,
             test_results=proposal.test_results,
             attempts=proposal.attempts,
             error_message=proposal.error_message,
@@ -165,6 +168,7 @@ def upgrade_propose(*, proposal: Proposal, actor: Any = None) -> Upgrade:
             risk=upgrade.risk,
             tests_passed=upgrade.tests_passed,
             attempts=upgrade.attempts,
+            sandbox=proposal.test_results.get("sandbox", ""),
         )
     return upgrade
 
@@ -348,6 +352,7 @@ def upgrades_prune(*, now: datetime | None = None) -> int:
 
 
 INSTRUCTION_MAX = 4000
+BRANCH_MAX = 200
 
 
 def upgrade_request_create(*, instruction: str, actor: Any, task: Any = None) -> UpgradeRequest:
@@ -366,6 +371,36 @@ def upgrade_request_create(*, instruction: str, actor: Any, task: Any = None) ->
             source=SOURCE,
             task_id=task.pk if task is not None else None,
             data={"request_id": request.pk, "by": _actor_name(actor if request.requested_by else None)},
+        )
+    return request
+
+
+def upgrade_branch_request_create(*, branch: str, commit: str, description: str, actor: Any) -> UpgradeRequest:
+    """Queue an existing branch's `commit`, already checked (apps.upgrades.loop.queue_branch), for the worker to
+    test and propose as it is."""
+    text = clean_multiline_text(description).strip()
+    if not text:
+        raise InvalidUpgrade("Say what the branch changes.")
+    if len(text) > INSTRUCTION_MAX:
+        raise InvalidUpgrade(f"The description is {len(text)} characters; the limit is {INSTRUCTION_MAX}.")
+    if not branch or len(branch) > BRANCH_MAX:
+        raise InvalidUpgrade(f"A branch name has 1 to {BRANCH_MAX} characters.")
+    with transaction.atomic():
+        request = UpgradeRequest.objects.create(
+            instruction=text,
+            branch=branch,
+            commit=commit,
+            requested_by=actor if getattr(actor, "is_authenticated", False) else None,
+        )
+        log_event(
+            "upgrade.requested",
+            source=SOURCE,
+            data={
+                "request_id": request.pk,
+                "branch": branch,
+                "commit": commit,
+                "by": _actor_name(actor if request.requested_by else None),
+            },
         )
     return request
 
@@ -482,15 +517,14 @@ def worktrees_dir() -> Path:
     return Path(settings.DATA_DIR) / "worktrees"
 
 
-def test_environment() -> dict[str, str]:
-    """The environment of a proposal's test run: only the basics, so this process's settings (database, data dir,
-    secrets) never leak into the code under test."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
-    return {name: os.environ[name] for name in keep if name in os.environ} | {"PYTHONDONTWRITEBYTECODE": "1"}
+def test_environment(*, tmp: str = sandbox.TMP) -> dict[str, str]:
+    """The whole environment of a proposal's test run (PATH, HOME and TMPDIR in `tmp`, LANG, TIMMY_DATA_DIR), so
+    this process's settings (database, data dir, secrets) never leak into the code under test."""
+    return sandbox.environment(tmp=tmp)
 
 
 def test_results_of(run: gitops.TestRun, command: str) -> dict[str, Any]:
-    return {
+    results: dict[str, Any] = {
         "passed": run.passed,
         "passed_count": run.passed_count,
         "failed_count": run.failed_count,
@@ -499,15 +533,71 @@ def test_results_of(run: gitops.TestRun, command: str) -> dict[str, Any]:
         "timed_out": run.timed_out,
         "command": command,
     }
+    if run.not_run:
+        return results | {"not_run": run.not_run}
+    results["sandbox"] = run.sandbox
+    if run.sandbox == sandbox.UNSANDBOXED:
+        return results | {"warning": UNSANDBOXED_WARNING}
+    return results | {
+        "limits": dataclasses.asdict(sandbox.limits()),
+        "limited_by": run.limited_by,
+        "limits_not_enforced": list(run.limits_not_enforced),
+        "limits_hit": list(run.limits_hit),
+        "output_cut": run.output_cut,
+    }
+
+
+UNSANDBOXED_WARNING = (
+    "These tests ran without a sandbox (SELF_MODIFY_UNSANDBOXED_TESTS is on): the proposal's code ran as the worker, "
+    "with its access to the data directory, the keys, the live tree and the network."
+)
+
+
+def tests_not_run_error(reason: str) -> str:
+    return (
+        f"The tests were not run: no sandbox can be made here ({reason}). Install bubblewrap (`make sandbox`), or set "
+        "SELF_MODIFY_UNSANDBOXED_TESTS to run proposal tests without a sandbox (each such proposal is high risk)."
+    )
 
 
 def run_proposal_tests(worktree: Path) -> gitops.TestRun:
-    return gitops.run_tests(
-        worktree,
-        settings.SELF_MODIFY_TEST_COMMAND,
-        timeout_seconds=settings.SELF_MODIFY_TEST_TIMEOUT_SECONDS,
-        env=test_environment(),
-    )
+    """Run SELF_MODIFY_TEST_COMMAND on the proposal code in `worktree` inside the sandbox. Where none can be made,
+    the tests are not run (`not_run` says why), unless SELF_MODIFY_UNSANDBOXED_TESTS allows running them without
+    one (`sandbox` "none": the proposal is then high risk).
+
+    Afterwards the worktree is as committed again: what the tests wrote there is neither committed by a later
+    attempt nor read by git outside the sandbox (gitops.restore_worktree)."""
+    pointer = gitops.git_pointer(worktree)
+    try:
+        return _run_tests(worktree)
+    finally:
+        gitops.restore_worktree(worktree, pointer)
+
+
+def _run_tests(worktree: Path) -> gitops.TestRun:
+    command = settings.SELF_MODIFY_TEST_COMMAND
+    reason = sandbox.unavailable_reason()
+    if reason is None:
+        return sandbox.run(command, worktree=worktree, env=test_environment())
+    if not settings.SELF_MODIFY_UNSANDBOXED_TESTS:
+        logger.warning("proposal tests in %s not run: %s", worktree, reason)
+        return gitops.TestRun(
+            passed=False,
+            passed_count=None,
+            failed_count=None,
+            duration_seconds=0.0,
+            output_tail="",
+            timed_out=False,
+            sandbox="",
+            not_run=reason,
+        )
+    logger.warning("running the tests in %s without a sandbox (SELF_MODIFY_UNSANDBOXED_TESTS): %s", worktree, reason)
+    # Still a HOME, TMPDIR and data dir of the run's own, removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="timmy-unsandboxed-") as tmp:
+        run = gitops.run_tests(
+            worktree, command, timeout_seconds=settings.SELF_MODIFY_TEST_TIMEOUT_SECONDS, env=test_environment(tmp=tmp)
+        )
+    return dataclasses.replace(run, sandbox=sandbox.UNSANDBOXED)
 
 
 def _clean_up(upgrade: Upgrade, *, delete_branch: bool) -> None:
@@ -653,9 +743,14 @@ def _apply(upgrade: Upgrade, *, worker_id: str) -> Upgrade:
                 gitops.remove_worktree(repo, merged.path)
             results = test_results_of(run, settings.SELF_MODIFY_TEST_COMMAND) | {"on_merged_result": True}
             if not run.passed:
+                outcome = (
+                    f"the tests were not run on the merged result: no sandbox can be made here ({run.not_run})."
+                    if run.not_run
+                    else "the tests fail on the merged result."
+                )
                 return upgrade_mark_failed(
                     upgrade_id=upgrade.pk,
-                    reason=f"{upgrade.target_branch} moved since the proposal; the tests fail on the merged result.",
+                    reason=f"{upgrade.target_branch} moved since the proposal; {outcome}",
                     test_results=results,
                     worker_id=worker_id,
                 )

@@ -7,6 +7,7 @@ app_name = "upgrades"
 urlpatterns = [
     path("self-modify/queue", views.queue, name="queue"),
     path("self-modify/queue/requests", views.request_change, name="request"),
+    path("self-modify/queue/branches", views.propose_branch, name="propose_branch"),
     path("self-modify/queue/<int:pk>/diff", views.diff, name="diff"),
     path("self-modify/queue/<int:pk>/approve", views.approve, name="approve"),
     path("self-modify/queue/<int:pk>/reject", views.reject, name="reject"),

@@ -9,8 +9,8 @@ from django.utils.text import Truncator
 from django.views.decorators.http import require_POST, require_safe
 
 from apps.core.decorators import staff_required
-from apps.upgrades import selectors, services
-from apps.upgrades.forms import RejectForm, RequestForm
+from apps.upgrades import loop, sandbox, selectors, services
+from apps.upgrades.forms import BranchForm, RejectForm, RequestForm
 from apps.upgrades.models import Upgrade
 
 
@@ -19,6 +19,7 @@ def _page(
     *,
     status: int = 200,
     request_form: RequestForm | None = None,
+    branch_form: BranchForm | None = None,
     reject_id: int | None = None,
     reject_error: str = "",
 ) -> HttpResponse:
@@ -27,12 +28,15 @@ def _page(
         "history": selectors.upgrades_history(),
         "history_limit": selectors.HISTORY_LIMIT,
         "requests": selectors.upgrade_requests_open(),
+        "failed_requests": selectors.upgrade_requests_failed(),
         "request_form": request_form or RequestForm(),
+        "branch_form": branch_form or BranchForm(),
         "can_approve": request.user.has_perm(services.APPROVE_PERMISSION),
         "reject_id": reject_id,
         "reject_error": reject_error,
         "reason_max": services.REASON_MAX,
         "timeout_hours": settings.UPGRADE_TIMEOUT_HOURS,
+        "sandbox": sandbox.overview(),
     }
     return render(request, "upgrades/queue.html", context, status=status)
 
@@ -71,6 +75,29 @@ def request_change(request: HttpRequest) -> HttpResponse:
             )
             return redirect(reverse("upgrades:queue") + "#upgrade-requests")
     return _page(request, status=400, request_form=form)
+
+
+@staff_required
+@require_POST
+def propose_branch(request: HttpRequest) -> HttpResponse:
+    """Check the branch at once (a refusal says why on the form, with 422) and queue it for the worker, which tests
+    and proposes it."""
+    form = BranchForm(request.POST)
+    if not form.is_valid():
+        return _page(request, status=400, branch_form=form)
+    try:
+        change = loop.queue_branch(
+            branch=form.cleaned_data["branch"], description=form.cleaned_data["description"], actor=request.user
+        )
+    except services.UpgradeError as exc:
+        form.add_error("branch", str(exc))
+        return _page(request, status=422, branch_form=form)
+    messages.success(
+        request,
+        f"Queued {change.branch} at {change.commit[:12]} (change request {change.pk}): the worker runs its tests in "
+        "its own worktree and proposes it here for approval.",
+    )
+    return redirect(reverse("upgrades:queue") + "#upgrade-requests")
 
 
 def _decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:

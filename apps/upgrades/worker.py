@@ -49,7 +49,12 @@ def _draft(request: UpgradeRequest, worker_id: str) -> None:
         name=f"lease-request-{request.pk}",
     ):
         try:
-            upgrade = loop.draft(instruction=request.instruction, request_id=request.pk)
+            if request.branch:
+                upgrade = loop.propose_branch(
+                    branch=request.branch, commit=request.commit, description=request.instruction, request_id=request.pk
+                )
+            else:
+                upgrade = loop.draft(instruction=request.instruction, request_id=request.pk)
         except (services.UpgradeError, gitops.GitOpsError) as exc:
             error = str(exc)
     # Stalled past the lease (or handed back as the worker stopped): whoever has it now finishes it.

@@ -128,3 +128,24 @@ def test_a_model_setting_that_leaves_no_room_or_no_thread_is_caught_at_start_up(
     assert "EMBEDDED_THREADS must be at least 1." in messages
     assert "EMBEDDING_THREADS must be at least 1." in messages
     assert "EMBEDDED_QUEUE_MAX must be 0 (no waiting) or more." in messages
+
+
+def test_a_machine_where_no_sandbox_can_be_made_is_told_that_proposal_tests_will_not_run(settings):
+    settings.SANDBOX_BWRAP = "/nonexistent/bwrap"
+    [warning] = [m for m in run_checks() if m.id == "timmy.W001"]
+    assert warning.msg.startswith("Proposal tests will not run: bubblewrap is not installed")
+    settings.SELF_MODIFY_UNSANDBOXED_TESTS = True
+    [warning] = [m for m in run_checks() if m.id == "timmy.W001"]
+    assert "runs them anyway" in warning.msg and "high risk" in warning.msg
+
+
+def test_an_empty_or_unsplittable_test_command_is_caught_at_start_up(settings):
+    settings.SELF_MODIFY_TEST_COMMAND = "  "
+    assert "timmy.E014" in {m.id for m in run_checks()}
+    settings.SELF_MODIFY_TEST_COMMAND = "pytest 'unclosed"
+    assert "timmy.E014" in {m.id for m in run_checks()}
+
+
+def test_a_zero_sandbox_limit_is_caught_at_start_up(settings):
+    settings.SANDBOX_MAX_PROCESSES = 0
+    assert "timmy.E006" in {m.id for m in run_checks()}
