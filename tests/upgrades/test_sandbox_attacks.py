@@ -110,11 +110,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _outside_tmp(preferred: Path) -> Path:
+    tmp = Path(tempfile.gettempdir()).resolve()
+    return Path("/var/tmp") if preferred.resolve().is_relative_to(tmp) else preferred
+
+
 @pytest.fixture
 def deployment(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
     # Inside the project's checkout, beside its virtualenv, as a real data dir is, and outside /tmp: the sandbox's
-    # private /tmp would hide anything under it without trying.
-    root = Path(tempfile.mkdtemp(prefix="attacks-", dir=settings.DATA_DIR))
+    # private /tmp would hide anything under it without trying (and a write there would land in that private /tmp,
+    # harmless, yet not refused). A checkout under /tmp (a CI clone) uses /var/tmp, which the sandbox does not show.
+    root = Path(tempfile.mkdtemp(prefix="attacks-", dir=_outside_tmp(Path(settings.DATA_DIR))))
     try:
         live = make_repo(root)
         data = root / "data"
