@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -169,15 +169,22 @@ def http_status(url: str) -> int | None:
         return None
 
 
-def start_serve(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+def start_serve(port: int, env: dict[str, str], *, log: IO[str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE if log is None else log,
         text=True,
     )
+
+
+def model_host_env(subprocess_env: dict[str, str], **extra: str) -> tuple[dict[str, str], Path]:
+    """The environment of a `serve` with its own model host, and that host's socket (in a fresh temp dir)."""
+    # A short path: a unix socket's address is limited to 107 bytes.
+    socket_path = Path(tempfile.mkdtemp(prefix="timmy-serve-")) / "host.sock"
+    return {**subprocess_env, "EMBEDDED_SOCKET": str(socket_path), "EMBEDDED_THREADS": "1", **extra}, socket_path
 
 
 def model_host_health(socket_path: Path) -> dict[str, Any] | None:
@@ -194,24 +201,9 @@ def test_serve_runs_the_dashboard_the_worker_and_the_model_host_preloading_and_s
 ):
     port = free_port()
     login = f"http://127.0.0.1:{port}/accounts/login/"
-    # A short path: a unix socket's address is limited to 107 bytes.
-    socket_path = Path(tempfile.mkdtemp(prefix="timmy-serve-")) / "host.sock"
-    env = {
-        **subprocess_env,
-        "EMBEDDED_SOCKET": str(socket_path),
-        "EMBEDDED_THREADS": "1",
-        "PRELOAD_MODELS": "1",
-        "LOG_LEVEL": "INFO",
-    }
+    env, socket_path = model_host_env(subprocess_env, PRELOAD_MODELS="1", LOG_LEVEL="INFO")
     log = (socket_path.parent / "serve.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
+    proc = start_serve(port, env, log=log)
     preloaded = "embedding model all-MiniLM-L6-v2 loaded in"
     children: list[int] = []
     try:
@@ -261,23 +253,9 @@ def test_stopping_serve_hands_back_a_task_that_is_using_the_embedded_model_inste
     providers_ensure_defaults()
     Provider.objects.exclude(name="embedded").update(enabled=False)
     agent = AgentFactory(name="storyteller", status=Agent.Status.OFFLINE)
-    socket_path = Path(tempfile.mkdtemp(prefix="timmy-serve-")) / "host.sock"
-    env = {
-        **subprocess_env,
-        "EMBEDDED_SOCKET": str(socket_path),
-        "EMBEDDED_THREADS": "1",
-        "PRELOAD_MODELS": "0",
-        "WORKER_GRACE_SECONDS": "1",
-    }
+    env, socket_path = model_host_env(subprocess_env, PRELOAD_MODELS="0", WORKER_GRACE_SECONDS="1")
     log = (socket_path.parent / "serve.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
+    proc = start_serve(free_port(), env, log=log)
     children: list[int] = []
     try:
         deadline = time.monotonic() + 90
