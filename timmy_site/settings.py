@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from apps.core import origins
 from timmy_site import data_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -62,7 +63,13 @@ PORT = env.int("PORT", default=8000)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 if HOST not in ("0.0.0.0", "::") and HOST not in ALLOWED_HOSTS:  # noqa: S104 (a comparison)
     ALLOWED_HOSTS.append(HOST)
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# The origins (scheme, host and port) the site's pages are served from, besides the one a request names in its Host
+# header: a WebSocket handshake or a form post from any other origin, another port on localhost included, is
+# refused. Behind a proxy, list its public origins. DJANGO_CSRF_TRUSTED_ORIGINS is the older name of the same list.
+SITE_ORIGINS = origins.configured_origins(
+    env.list("SITE_ORIGINS", default=[]) + env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[]), host=HOST, port=PORT
+)
+CSRF_TRUSTED_ORIGINS = SITE_ORIGINS
 
 INSTALLED_APPS = [
     "daphne",
@@ -87,6 +94,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a busy or unreachable database is a 503 with Retry-After, whichever middleware or view met it.
+    "apps.core.database.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -118,10 +127,16 @@ TEMPLATES = [
     },
 ]
 
+# How long a request (or the worker) waits for a database another process holds (a backup, `sqlite3` in a
+# terminal, a migration; a PostgreSQL lock or a restarting server) before it gives up: pages and the API then answer
+# 503 with Retry-After, the worker backs off (apps/core/database.py).
+DATABASE_BUSY_SECONDS = env.float("DATABASE_BUSY_SECONDS", default=5.0)
+
 # The custom engine is Django's sqlite3 backend plus sqlite-vec (timmy_site/db/base.py).
 SQLITE_ENGINE = "timmy_site.db"
 SQLITE_OPTIONS = {
-    "timeout": 30,
+    # SQLite's busy timeout: it retries the lock until then.
+    "timeout": DATABASE_BUSY_SECONDS,
     # Idle connections each process keeps for reuse (timmy_site/db/pool.py): opening and closing a connection per
     # request is slow, and SQLite 3.51.1 deadlocked under that churn. 0 opens and closes one per request.
     "pool_size": env.int("SQLITE_POOL_SIZE", default=8),
@@ -136,6 +151,13 @@ if env.str("DATABASE_URL", default=""):
     if _db["ENGINE"] == "django.db.backends.sqlite3":
         _db["ENGINE"] = SQLITE_ENGINE
         _db["OPTIONS"] = {**SQLITE_OPTIONS, **_db.get("OPTIONS", {})}
+    elif _db["ENGINE"] == "django.db.backends.postgresql":
+        # A lock wait and a connection attempt give up after DATABASE_BUSY_SECONDS, as SQLite's busy timeout does.
+        _pg_options = _db.setdefault("OPTIONS", {})
+        _pg_options.setdefault("connect_timeout", max(1, round(DATABASE_BUSY_SECONDS)))
+        _pg_options["options"] = (
+            f"{_pg_options.get('options', '')} -c lock_timeout={int(DATABASE_BUSY_SECONDS * 1000)}".strip()
+        )
 else:
     _db = {
         "ENGINE": SQLITE_ENGINE,

@@ -1,9 +1,12 @@
+from typing import Any
+
 from django.contrib.auth.models import User
 from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
 from apps.agents import selectors, services, streaming
+from apps.core.api_contract import VISIBLE_TEXT, errors
 from apps.core.auth import require_staff
 from apps.events.services import clean_multiline_text
 
@@ -11,10 +14,11 @@ router = Router(tags=["chat"])
 
 
 class ChatIn(Schema):
-    message: str = Field(..., min_length=1, max_length=services.MESSAGE_MAX)
+    message: str = Field(..., min_length=1, max_length=services.MESSAGE_MAX, json_schema_extra=VISIBLE_TEXT)
     session_id: str | None = Field(None, description="Continue this conversation; a new one without it.")
     stream: bool = Field(
         False,
+        strict=True,
         description="Answer with `text/event-stream`: the reply as the model writes it, then who answered "
         "(see the 200 response).",
     )
@@ -50,9 +54,52 @@ STREAM_EXAMPLE = (
 )
 
 
+def _event(name: str, fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    data = {"type": "object", "properties": fields, "required": required}
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
+
+
+TEXT: dict[str, Any] = {"type": "string"}
+COUNT: dict[str, Any] = {"type": ["integer", "null"]}
+# One event of the stream (Open API 3.1 describes an event stream by its events): its name and its `data` line.
+STREAM_EVENT_SCHEMA = {
+    "description": STREAM_EVENTS,
+    "oneOf": [
+        _event("chunk", {"text": TEXT}, ["text"]),
+        _event("failover", {"from": TEXT, "to": TEXT, "reason": TEXT}, ["from", "to", "reason"]),
+        _event(
+            "reply",
+            {
+                "response": TEXT,
+                "provider": TEXT,
+                "model": TEXT,
+                "session_id": TEXT,
+                "tokens_in": COUNT,
+                "tokens_out": COUNT,
+                "latency_ms": COUNT,
+                "stopped": {"type": "boolean"},
+            },
+            ["response", "provider", "model", "session_id", "stopped"],
+        ),
+        _event(
+            "error",
+            {"status": {"type": "integer"}, "detail": TEXT, "session_id": TEXT, "retry_after": {"type": "integer"}},
+            ["status", "detail"],
+        ),
+    ],
+}
+
+
 @router.post(
     "/chat",
-    response=ChatOut,
+    response={200: ChatOut, **errors(400, 404)},
     summary="Chat with Timmy",
     description="The reply comes from the first LLM provider that answers. 404 for a session that is not yours; "
     "503 with each provider's reason when none answers (your message is kept in the conversation). "
@@ -63,7 +110,7 @@ STREAM_EXAMPLE = (
                 "description": 'The reply; with `"stream": true`, the events below.',
                 "content": {
                     streaming.CONTENT_TYPE: {
-                        "schema": {"type": "string", "description": STREAM_EVENTS},
+                        "schema": STREAM_EVENT_SCHEMA,
                         "example": STREAM_EXAMPLE,
                     }
                 },

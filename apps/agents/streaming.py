@@ -24,6 +24,7 @@ from django.db import connections
 
 from apps.agents import services
 from apps.agents.services import ChatError, ChatReply
+from apps.core import database
 
 logger = logging.getLogger("timmy.agents")
 
@@ -117,9 +118,16 @@ async def chat_events(
             except ChatError as exc:
                 outcome = exc
             put((final or final_event)(outcome))
-        except Exception:
-            logger.exception("chat stream failed")
-            put(_Failed())
+        except Exception as exc:
+            kind = database.unavailable(exc)
+            if kind is None:
+                logger.exception("chat stream failed")
+                put(_Failed())
+            else:
+                # As the unstreamed request would answer: 503, try again later; nothing was stored.
+                logger.warning("chat stream: database %s: %s", kind, exc)
+                detail = {"status": 503, "detail": database.message(kind), "retry_after": database.retry_after()}
+                put(Event("error", detail))
         finally:
             connections.close_all()  # this thread's own connections
 

@@ -10,10 +10,12 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_in, user_login_failed
+        from django.core.signals import got_request_exception
 
-        from apps.core import auth, checks  # noqa: F401  (checks registers the system checks)
+        from apps.core import auth, checks, database  # noqa: F401  (checks registers the system checks)
 
         user_login_failed.connect(auth.login_failed, dispatch_uid="core.login_failed")
         user_logged_in.connect(auth.logged_in, dispatch_uid="core.logged_in")
+        got_request_exception.connect(database.note_request_exception, dispatch_uid="core.database_unavailable")
         for change in settings.DATA_DIR_TIGHTENED:
             logging.getLogger("timmy.data_dir").warning("Took group and other permissions off %s", change)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from django.db import connections, transaction
 
+from apps.core import database
 from apps.events.models import EventType
 from apps.events.services import log_event
 
@@ -74,6 +75,10 @@ class Pool:
         try:
             job.run()
         except Exception as exc:
+            kind = database.unavailable(exc)
+            if kind is not None:
+                self._hand_back(job, kind, exc)
+                return
             # The job's own failures are recorded on its item; this is a bug, shown where the operator looks.
             logger.exception("job %s failed", job.name)
             with transaction.atomic():
@@ -82,6 +87,15 @@ class Pool:
                     source=self.source,
                     data={"job": job.name, "error": type(exc).__name__, "message": str(exc)},
                 )
+
+    def _hand_back(self, job: Job, kind: str, exc: Exception) -> None:
+        # Not the job's failure: the database could not be written. Its claim goes back for a later try (or, if the
+        # database is still away, its lease runs out and the item is recovered): nothing is counted against it.
+        logger.warning("job %s stopped: database %s (%s); handing its claim back", job.name, kind, exc)
+        try:
+            job.release()
+        except Exception as again:
+            logger.warning("could not hand back %s (%s); its lease will run out instead", job.name, again)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the running jobs to finish, at most `timeout` seconds; True if none is left."""

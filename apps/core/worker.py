@@ -11,7 +11,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from apps.core import selectors, services
+from apps.core import database, selectors, services
 from apps.core.jobs import Job, JobSource, Pool
 from apps.events.models import EventType
 from apps.events.services import log_event
@@ -61,6 +61,9 @@ class Worker:
     wake_event: threading.Event = field(default_factory=threading.Event)
     pool: Pool = field(init=False)
     _next_source: int = field(default=0, init=False)
+    # Seconds to wait before the next cycle while the database is busy or unreachable (0: it answers).
+    backoff: float = field(default=0.0, init=False)
+    _database_trouble: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.pool = Pool(size=max(1, self.concurrency), source=self.source, on_done=self.wake_event)
@@ -91,6 +94,12 @@ class Worker:
         self.wake_event.set()
 
     def _failed(self, kind: str, name: str, exc: Exception) -> None:
+        trouble = database.unavailable(exc)
+        if trouble is not None:
+            # Not a bug of the step: nothing can be recorded now either. The loop backs off (run_forever).
+            self._database_trouble = trouble
+            logger.debug("worker %s %s met a %s database: %s", kind.replace("_", " "), name, trouble, exc)
+            return
         # A failing step or job source must not stop the others; it is recorded where the operator looks.
         logger.exception("worker %s %s failed", kind.replace("_", " "), name)
         with transaction.atomic():
@@ -103,7 +112,7 @@ class Worker:
     def run_steps(self) -> int:
         found = 0
         for name, step in self.steps:
-            if self.stop_event.is_set():
+            if self.stop_event.is_set() or self._database_trouble:
                 break
             try:
                 found += step(timezone.now())
@@ -117,11 +126,22 @@ class Worker:
         claimed = 0
         sources = self.job_sources
         # At most a pool's worth per call: jobs that end at once must not keep the loop from its steps.
-        while sources and self.pool.free > 0 and claimed < self.pool.size and not self.stop_event.is_set():
+        while (
+            sources
+            and self.pool.free > 0
+            and claimed < self.pool.size
+            and not self.stop_event.is_set()
+            and not self._database_trouble
+        ):
             started = claimed
             first, self._next_source = self._next_source, (self._next_source + 1) % len(sources)
             for name, source in sources[first:] + sources[:first]:
-                if self.pool.free <= 0 or claimed >= self.pool.size or self.stop_event.is_set():
+                if (
+                    self.pool.free <= 0
+                    or claimed >= self.pool.size
+                    or self.stop_event.is_set()
+                    or self._database_trouble
+                ):
                     break
                 job = self._claim(name, source)
                 if job is not None:
@@ -159,14 +179,33 @@ class Worker:
         while not self.stop_event.is_set():
             close_old_connections()
             self.wake_event.clear()
+            self._database_trouble = None
             found = self.run_steps() + self.claim_jobs()
             cycles += 1
             if time.monotonic() - last_beat >= settings.WORKER_HEARTBEAT_SECONDS:
-                services.worker_beat(worker_id=self.worker_id, cycles=cycles)
-                cycles = 0
-                last_beat = time.monotonic()
+                try:
+                    services.worker_beat(worker_id=self.worker_id, cycles=cycles)
+                    cycles = 0
+                    last_beat = time.monotonic()
+                except Exception as exc:
+                    self._failed("heartbeat", "worker_beat", exc)
+            if self._database_trouble is not None:
+                self._back_off(self._database_trouble)
+                continue
+            if self.backoff:
+                logger.warning("worker %s: the database answers again; carrying on", self.worker_id)
+                self.backoff = 0.0
             if not found:
                 self.wake_event.wait(settings.WORKER_POLL_SECONDS)
+
+    def _back_off(self, trouble: str) -> None:
+        """Wait longer after each cycle the database could not answer (twice as long each time, up to a minute),
+        saying so once per wait; a stop still ends the wait at once."""
+        self.backoff = min(60.0, max(settings.WORKER_POLL_SECONDS, self.backoff * 2 or settings.DATABASE_BUSY_SECONDS))
+        logger.warning(
+            "worker %s: the database is %s; waiting %.0f s before trying again", self.worker_id, trouble, self.backoff
+        )
+        self.stop_event.wait(self.backoff)
 
     def finish_jobs(self, grace: float | None = None) -> list[str]:
         """Give the running jobs `grace` seconds (WORKER_GRACE_SECONDS) to finish, less if hurried; then hand back

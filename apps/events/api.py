@@ -4,6 +4,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
+from apps.core.api_contract import ID_MAX, errors
 from apps.core.auth import require_staff
 from apps.events.selectors import EventFilter, events_page, events_since, events_summary
 
@@ -29,8 +30,8 @@ class EventsQuery(Schema):
     event_type: str = Field("", max_length=64)
     task_id: str = Field("", max_length=64)
     agent_id: str = Field("", max_length=64)
-    since_id: int | None = Field(None, ge=0, description="Events after this id, oldest first (for polling).")
-    before_id: int | None = Field(None, ge=1, description="Events before this id, newest first (paging).")
+    since_id: int | None = Field(None, ge=0, le=ID_MAX, description="Events after this id, oldest first (for polling).")
+    before_id: int | None = Field(None, ge=1, le=ID_MAX, description="Events before this id, newest first (paging).")
     limit: int = Field(50, ge=1, le=500)
 
 
@@ -40,7 +41,7 @@ class SummaryOut(Schema):
     counts: dict[str, int]
 
 
-@router.get("", response=EventsOut, summary="List events")
+@router.get("", response={200: EventsOut, **errors()}, summary="List events")
 def list_events(request: HttpRequest, q: Query[EventsQuery]) -> dict[str, Any]:
     require_staff(request)
     filters = EventFilter(event_type=q.event_type, task_id=q.task_id, agent_id=q.agent_id)
@@ -50,7 +51,7 @@ def list_events(request: HttpRequest, q: Query[EventsQuery]) -> dict[str, Any]:
     return {"events": page.events, "next_before_id": page.next_before_id}
 
 
-@router.get("/summary", response=SummaryOut, summary="Event counts per type over the last N minutes")
+@router.get("/summary", response={200: SummaryOut, **errors()}, summary="Event counts per type over the last N minutes")
 def summary(request: HttpRequest, minutes: int = Query(60, ge=1, le=60 * 24 * 31)) -> dict[str, Any]:
     require_staff(request)
     counts = events_summary(minutes=minutes)

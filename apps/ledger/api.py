@@ -1,4 +1,5 @@
-from datetime import date, datetime
+from datetime import datetime
+from typing import Annotated
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -8,7 +9,9 @@ from pydantic import field_validator
 from pydantic_core import PydanticCustomError
 
 from apps.agents import services as agents
+from apps.core.api_contract import ID_MAX, JSON_INTEGER, PAID_ERRORS, VISIBLE_TEXT, ErrorOut, IsoDate, errors
 from apps.core.auth import require_staff
+from apps.events.services import clean_multiline_text
 from apps.ledger import selectors, services
 from apps.ledger.backends.base import BackendError
 from apps.ledger.models import LedgerEntry, TxStatus, TxType
@@ -32,8 +35,8 @@ class BalanceOut(Schema):
 
 class EntryOut(Schema):
     id: int
-    tx_type: str
-    status: str
+    tx_type: TxType
+    status: TxStatus
     payment_hash: str
     amount_sats: int
     fee_sats: int
@@ -50,7 +53,7 @@ class EntryOut(Schema):
 
 
 class InvoiceIn(Schema):
-    amount_sats: int = Field(..., ge=1, le=services.MAX_SATS)
+    amount_sats: Annotated[int, Field(ge=1, le=services.MAX_SATS), JSON_INTEGER]
     memo: str = Field("", description=f"At most {services.MEMO_MAX_BYTES} bytes in UTF-8 (a BOLT11 description).")
 
     @field_validator("memo")
@@ -77,20 +80,26 @@ class DevPayOut(Schema):
     payment_hash: str
 
 
-@router.get("/balance", response=BalanceOut, summary="The balance (ADR-018), from the settled and pending entries")
+@router.get(
+    "/balance",
+    response={200: BalanceOut, **errors()},
+    summary="The balance (ADR-018), from the settled and pending entries",
+)
 def ledger_balance(request: HttpRequest) -> dict[str, int]:
     require_staff(request)
     return services.get_balance()
 
 
-@router.get("/entries", response=list[EntryOut], summary="Entries, newest first; page with `before` (an id)")
+@router.get(
+    "/entries", response={200: list[EntryOut], **errors()}, summary="Entries, newest first; page with `before` (an id)"
+)
 def ledger_entries(
     request: HttpRequest,
     tx_type: TxType | None = Query(None, alias="type"),
     status: TxStatus | None = None,
-    since: date | None = None,
-    until: date | None = None,
-    before: int | None = Query(None, ge=1),
+    since: IsoDate | None = None,
+    until: IsoDate | None = None,
+    before: int | None = Query(None, ge=1, le=ID_MAX),
     limit: int = Query(50, ge=1, le=ENTRIES_LIMIT_MAX),
 ) -> list[LedgerEntry]:
     require_staff(request)
@@ -98,7 +107,11 @@ def ledger_entries(
     return list(entries[:limit])
 
 
-@router.post("/invoices", response={201: InvoiceOut}, summary="Ask the node for an invoice (a pending incoming entry)")
+@router.post(
+    "/invoices",
+    response={201: InvoiceOut, **errors(400)},
+    summary="Ask the node for an invoice (a pending incoming entry)",
+)
 def ledger_invoice_create(request: HttpRequest, payload: InvoiceIn) -> Status[dict[str, object]]:
     user = require_staff(request)
     try:
@@ -119,7 +132,7 @@ def ledger_invoice_create(request: HttpRequest, payload: InvoiceIn) -> Status[di
 
 @router.post(
     "/dev/pay",
-    response=DevPayOut,
+    response={200: DevPayOut, **errors(400, 404, 409)},
     summary="Development only: pay one of our invoices as if from outside, revealing its preimage",
     description="Only with LIGHTNING_BACKEND=dev (404 otherwise). The entry is settled with the preimage.",
 )
@@ -141,7 +154,23 @@ def ledger_dev_pay(request: HttpRequest, payload: DevPayIn) -> dict[str, str]:
 
 
 class ServeChatIn(Schema):
-    message: str = Field(..., min_length=1, max_length=agents.MESSAGE_MAX)
+    message: str = Field(..., min_length=1, max_length=agents.MESSAGE_MAX, json_schema_extra=VISIBLE_TEXT)
+
+    @field_validator("message")
+    @classmethod
+    def message_says_something(cls, value: str) -> str:
+        # Refused here, before the paywall: nobody should be asked to pay for a message that would be refused.
+        if not clean_multiline_text(value).strip():
+            raise PydanticCustomError("empty", "The message is empty.")
+        return value
+
+
+class PaymentRequiredOut(ErrorOut):
+    amount_sats: int
+    invoice: str = Field(..., description="The BOLT11 invoice to pay.")
+    payment_hash: str
+    macaroon: str = Field(..., description="Send it back with the preimage once paid.")
+    token_expires_at: datetime = Field(..., description="Until when the token works once paid.")
 
 
 class ServeChatOut(Schema):
@@ -152,7 +181,7 @@ class ServeChatOut(Schema):
 
 @serve_router.post(
     "/chat",
-    response=ServeChatOut,
+    response={200: ServeChatOut, 402: PaymentRequiredOut, **errors(400, 429, common=PAID_ERRORS)},
     summary="Chat with Timmy, paid per token with Lightning (L402)",
     description="Without a token: 402 with an invoice and a macaroon. After paying: `Authorization: L402 "
     "<macaroon>:<preimage>`; the token works until it expires. 401 with the reason for a bad token; 503 when no "

@@ -1,27 +1,43 @@
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
+from pydantic import ConfigDict
 
+from apps.core.api_contract import ID_MAX, JSON_INTEGER, VISIBLE_TEXT, Id, errors
 from apps.core.auth import require_staff
 from apps.memory import services
 from apps.memory.models import MemoryEntry
 from apps.swarm.models import Agent
 
 router = Router(tags=["memory"])
+# Characters of a search: percent-encoded, even a query of 4-byte characters must fit in the 16 KiB that daphne allows a
+# request line and its headers (past that it hangs up without an answer).
+QUERY_MAX = 1000
 ContextType = MemoryEntry.ContextType
 
 
 class MemoryIn(Schema):
-    content: str = Field(..., min_length=1, max_length=services.CONTENT_MAX)
+    # A public memory is shared: "public": true with "shared": false is refused (422).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "required": ["public", "shared"],
+                "properties": {"public": {"const": True}, "shared": {"const": False}},
+            }
+        }
+    )
+
+    content: str = Field(..., min_length=1, max_length=services.CONTENT_MAX, json_schema_extra=VISIBLE_TEXT)
     context_type: ContextType
-    agent_id: int | None = None
+    agent_id: Annotated[int, Field(ge=1, le=ID_MAX), JSON_INTEGER] | None = None
     # Shared memories are seen by every user; otherwise only by the one who stored it.
-    shared: bool = False
+    shared: bool = Field(False, strict=True)
     public: bool = Field(
         False,
+        strict=True,
         description="Shared, and also given to strangers who pay for Timmy's chat (POST /api/v1/serve/chat), whose "
         "prompts get public memories only. Implies shared.",
     )
@@ -30,7 +46,7 @@ class MemoryIn(Schema):
 class MemoryOut(Schema):
     id: int
     content: str
-    context_type: str
+    context_type: ContextType
     source: str
     shared: bool
     public: bool
@@ -57,7 +73,7 @@ class ContextOut(Schema):
 
 
 class ForgetIn(Schema):
-    reason: str = Field(..., min_length=1, max_length=services.REASON_MAX)
+    reason: str = Field(..., min_length=1, max_length=services.REASON_MAX, json_schema_extra=VISIBLE_TEXT)
 
 
 class ForgottenOut(Schema):
@@ -84,7 +100,9 @@ def _out(memory: MemoryEntry, **extra: object) -> dict[str, object]:
     return {**fields, "shared": memory.is_shared, **extra}
 
 
-@router.post("", response={200: StoredOut, 201: StoredOut}, summary="Remember something (200: it was known)")
+@router.post(
+    "", response={200: StoredOut, 201: StoredOut, **errors(400)}, summary="Remember something (200: it was known)"
+)
 def memory_store(request: HttpRequest, payload: MemoryIn) -> Status[dict[str, object]]:
     user = require_staff(request)
     if payload.agent_id is not None and not Agent.objects.filter(pk=payload.agent_id).exists():
@@ -108,13 +126,15 @@ def memory_store(request: HttpRequest, payload: MemoryIn) -> Status[dict[str, ob
     return Status(201 if stored.created else 200, body)
 
 
-@router.get("/search", response=list[HitOut], summary="Memories you may see that match, by meaning and words")
+@router.get(
+    "/search", response={200: list[HitOut], **errors()}, summary="Memories you may see that match, by meaning and words"
+)
 def memory_search(
     request: HttpRequest,
-    q: str = Query(..., min_length=1, max_length=2000),
+    q: str = Query(..., min_length=1, max_length=QUERY_MAX),
     limit: int = Query(5, ge=1, le=services.SEARCH_LIMIT_MAX),
     context_type: ContextType | None = None,
-    agent_id: int | None = None,
+    agent_id: Id | None = None,
     all_users: bool = ALL_USERS,
 ) -> list[dict[str, object]]:
     user = require_staff(request)
@@ -124,10 +144,12 @@ def memory_search(
     return [_out(hit.memory, score=hit.score, similarity=hit.similarity) for hit in hits]
 
 
-@router.get("/context", response=ContextOut, summary="The best memories for a prompt, within a token budget")
+@router.get(
+    "/context", response={200: ContextOut, **errors()}, summary="The best memories for a prompt, within a token budget"
+)
 def memory_context(
     request: HttpRequest,
-    q: str = Query(..., min_length=1, max_length=2000),
+    q: str = Query(..., min_length=1, max_length=QUERY_MAX),
     max_tokens: int = Query(1000, ge=1, le=8000),
     all_users: bool = ALL_USERS,
 ) -> dict[str, str]:
@@ -137,13 +159,13 @@ def memory_context(
 
 
 @router.delete(
-    "/{memory_id}",
-    response=ForgottenOut,
+    "/{int:memory_id}",
+    response={200: ForgottenOut, **errors(400, 404, 409)},
     summary="Forget a memory (kept, with the reason, unsearchable)",
     description="Your own memories and the shared ones. Another user's private memory is 404, or 403 for those "
     "allowed to read it: only its owner can forget it.",
 )
-def memory_forget(request: HttpRequest, memory_id: int, payload: ForgetIn) -> MemoryEntry:
+def memory_forget(request: HttpRequest, memory_id: Id, payload: ForgetIn) -> MemoryEntry:
     user = require_staff(request)
     try:
         return services.forget(memory_id=memory_id, actor=user, reason=payload.reason)

@@ -1,11 +1,12 @@
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from ninja.errors import HttpError
 
+from apps.core.api_contract import JSON_INTEGER, errors
 from apps.core.auth import require_staff
 from apps.providers import router as cascade
 from apps.providers import selectors, services
@@ -92,7 +93,7 @@ class MessageIn(Schema):
 class CompleteIn(Schema):
     messages: list[MessageIn] = Field(..., min_length=1, max_length=MESSAGES_MAX)
     system_prompt: str | None = Field(None, max_length=CONTENT_MAX)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_MAX)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_MAX), JSON_INTEGER] | None = None
 
 
 class CompletionOut(Schema):
@@ -102,17 +103,6 @@ class CompletionOut(Schema):
     latency_ms: int
     tokens_in: int
     tokens_out: int
-
-
-class AttemptOut(Schema):
-    provider: str
-    reason: str
-    error_class: str
-
-
-class AllFailedOut(Schema):
-    detail: str
-    providers: list[AttemptOut]
 
 
 class HealthCheckOut(Schema):
@@ -136,7 +126,9 @@ def _provider(name: str) -> Provider:
     return provider
 
 
-@router.get("/status", response=RouterStatusOut, summary="Providers, breakers and figures over the last hour")
+@router.get(
+    "/status", response={200: RouterStatusOut, **errors()}, summary="Providers, breakers and figures over the last hour"
+)
 def status(request: HttpRequest) -> dict[str, Any]:
     require_staff(request)
     figures = selectors.router_status(now=timezone.now())
@@ -155,7 +147,7 @@ def status(request: HttpRequest) -> dict[str, Any]:
 
 @router.post(
     "/complete",
-    response={200: CompletionOut, 503: AllFailedOut},
+    response={200: CompletionOut, **errors(400)},
     summary="A completion from the first provider that answers",
 )
 def complete(request: HttpRequest, payload: CompleteIn) -> Any:
@@ -174,7 +166,11 @@ def complete(request: HttpRequest, payload: CompleteIn) -> Any:
         return Status(503, {"detail": selectors.text_for_display(str(exc)), "providers": attempts})
 
 
-@router.post("/providers/{name}/health-check", response=HealthCheckOut, summary="Ask a provider whether it is up")
+@router.post(
+    "/providers/{name}/health-check",
+    response={200: HealthCheckOut, **errors(404)},
+    summary="Ask a provider whether it is up",
+)
 def health_check(request: HttpRequest, name: str) -> dict[str, Any]:
     user = require_staff(request)
     provider = _provider(name)
@@ -188,7 +184,11 @@ def health_check(request: HttpRequest, name: str) -> dict[str, Any]:
     }
 
 
-@router.post("/providers/{name}/reset", response=ResetOut, summary="Close a provider's circuit breaker by hand")
+@router.post(
+    "/providers/{name}/reset",
+    response={200: ResetOut, **errors(404)},
+    summary="Close a provider's circuit breaker by hand",
+)
 def reset(request: HttpRequest, name: str) -> dict[str, Any]:
     user = require_staff(request)
     provider = _provider(name)

@@ -1,19 +1,22 @@
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
+from apps.core.api_contract import VISIBLE_TEXT, Id, SchemaName, errors
 from apps.core.auth import require_staff
 from apps.swarm import selectors, services
 from apps.swarm.models import Agent, Task
 
 router = Router(tags=["swarm"])
+TaskStatus = Annotated[Task.Status, SchemaName("TaskStatus")]
+AgentStatus = Annotated[Agent.Status, SchemaName("AgentStatus")]
 
 
 class TaskIn(Schema):
-    description: str = Field(..., min_length=1, max_length=services.DESCRIPTION_MAX)
+    description: str = Field(..., min_length=1, max_length=services.DESCRIPTION_MAX, json_schema_extra=VISIBLE_TEXT)
 
 
 class BidOut(Schema):
@@ -26,7 +29,7 @@ class BidOut(Schema):
 class TaskOut(Schema):
     id: int
     description: str
-    status: Task.Status
+    status: TaskStatus
     assigned_agent_id: int | None
     winning_bid_sats: int | None
     result: str
@@ -53,14 +56,14 @@ class AgentOut(Schema):
     description: str
     capabilities: list[str]
     keywords: list[str]
-    status: Agent.Status
+    status: AgentStatus
     base_bid_sats: int
     bid_jitter_sats: int
     last_seen: datetime | None
     wins: int
 
 
-@router.post("/tasks", response={201: TaskOut}, summary="Post a task; its auction opens at once")
+@router.post("/tasks", response={201: TaskOut, **errors(400)}, summary="Post a task; its auction opens at once")
 def post_task(request: HttpRequest, payload: TaskIn) -> Status[Task]:
     user = require_staff(request)
     try:
@@ -70,18 +73,18 @@ def post_task(request: HttpRequest, payload: TaskIn) -> Status[Task]:
     return Status(201, task)
 
 
-@router.get("/tasks", response=list[TaskOut], summary="Tasks, newest first")
+@router.get("/tasks", response={200: list[TaskOut], **errors()}, summary="Tasks, newest first")
 def list_tasks(
     request: HttpRequest,
-    status: Task.Status | None = None,
+    status: TaskStatus | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> list[Task]:
     require_staff(request)
     return selectors.tasks_list(status=status, limit=limit)
 
 
-@router.get("/tasks/{task_id}", response=TaskDetailOut, summary="One task with its bids")
-def get_task(request: HttpRequest, task_id: int) -> Task:
+@router.get("/tasks/{int:task_id}", response={200: TaskDetailOut, **errors(404)}, summary="One task with its bids")
+def get_task(request: HttpRequest, task_id: Id) -> Task:
     require_staff(request)
     task = selectors.task_with_bids(task_id)
     if task is None:
@@ -89,7 +92,7 @@ def get_task(request: HttpRequest, task_id: int) -> Task:
     return task
 
 
-@router.get("/agents", response=list[AgentOut], summary="The agent registry")
+@router.get("/agents", response={200: list[AgentOut], **errors()}, summary="The agent registry")
 def list_agents(request: HttpRequest) -> list[Agent]:
     require_staff(request)
     return list(selectors.agents_with_wins())

@@ -1,15 +1,18 @@
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
+from apps.core.api_contract import VISIBLE_TEXT, Id, SchemaName, errors
 from apps.core.auth import require_staff
 from apps.upgrades import loop, selectors, services
 from apps.upgrades.models import Upgrade, UpgradeRequest
 
 router = Router(tags=["upgrades"])
+UpgradeStatus = Annotated[Upgrade.Status, SchemaName("UpgradeStatus")]
+UpgradeRequestStatus = Annotated[UpgradeRequest.Status, SchemaName("UpgradeRequestStatus")]
 
 
 class TestsOut(Schema):
@@ -20,7 +23,7 @@ class TestsOut(Schema):
 
 class UpgradeOut(Schema):
     id: int
-    status: Upgrade.Status
+    status: UpgradeStatus
     description: str
     branch: str
     target_branch: str
@@ -67,21 +70,31 @@ class UpgradeDetailOut(UpgradeOut):
 
 
 class RejectIn(Schema):
-    reason: str = Field(..., min_length=1, max_length=services.REASON_MAX)
+    reason: str = Field(..., min_length=1, max_length=services.REASON_MAX, json_schema_extra=VISIBLE_TEXT)
 
 
 class BranchIn(Schema):
-    branch: str = Field(..., min_length=1, max_length=services.BRANCH_MAX, description="a branch of SELF_MODIFY_REPO")
-    description: str = Field(..., min_length=1, max_length=services.INSTRUCTION_MAX, description="what it changes")
-
-
-class RefusedOut(Schema):
-    detail: str = Field(..., description="why the branch is refused, naming each file")
+    branch: str = Field(
+        ...,
+        min_length=1,
+        max_length=services.BRANCH_MAX,
+        # What git allows in a branch name, as far as a pattern can say: no control characters, spaces or ~^:?*[\,
+        # and not an option (a leading "-").
+        pattern=r"^[^\x00-\x20\x7f~^:?*\[\\/-][^\x00-\x20\x7f~^:?*\[\\]*$",
+        description="a branch of SELF_MODIFY_REPO",
+    )
+    description: str = Field(
+        ...,
+        min_length=1,
+        max_length=services.INSTRUCTION_MAX,
+        description="what it changes",
+        json_schema_extra=VISIBLE_TEXT,
+    )
 
 
 class RequestOut(Schema):
     id: int
-    status: UpgradeRequest.Status
+    status: UpgradeRequestStatus
     instruction: str = Field(..., description="what was asked for; for a branch, the description of its change")
     branch: str = Field(..., description="the branch proposed as it is; empty for a change a model drafts")
     commit: str = Field(..., description="the commit of the branch that was checked, tested and proposed")
@@ -108,20 +121,19 @@ def _http_error(exc: services.UpgradeError) -> HttpError:
     return HttpError(409, str(exc))  # wrong state, failing tests
 
 
-@router.get("", response=list[UpgradeOut], summary="Upgrades, newest first")
+@router.get("", response={200: list[UpgradeOut], **errors()}, summary="Upgrades, newest first")
 def upgrade_list(
     request: HttpRequest,
-    status: Upgrade.Status | None = None,
+    status: UpgradeStatus | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> list[Upgrade]:
     require_staff(request)
     return selectors.upgrades_list(status=status, limit=limit)
 
 
-# Before "/{upgrade_id}", whose pattern would take "branch" for an id (and answer 405 to a POST).
 @router.post(
     "/branch",
-    response={202: RequestOut, 422: RefusedOut},
+    response={202: RequestOut, **errors(400, 409)},
     summary="Propose an existing branch as it is: checked at once, then tested and proposed by the worker",
     description=(
         "The branch's changed files are checked as they would be proposed, and the request is refused with 422 and "
@@ -142,11 +154,11 @@ def upgrade_branch_propose(request: HttpRequest, payload: BranchIn) -> Status:
 
 
 @router.get(
-    "/requests/{request_id}",
-    response=RequestOut,
+    "/requests/{int:request_id}",
+    response={200: RequestOut, **errors(404)},
     summary="A change request: queued, running, done (with its upgrade) or failed (with the reason)",
 )
-def upgrade_request_detail(request: HttpRequest, request_id: int) -> UpgradeRequest:
+def upgrade_request_detail(request: HttpRequest, request_id: Id) -> UpgradeRequest:
     require_staff(request)
     change = UpgradeRequest.objects.filter(pk=request_id).first()
     if change is None:
@@ -154,18 +166,22 @@ def upgrade_request_detail(request: HttpRequest, request_id: int) -> UpgradeRequ
     return change
 
 
-@router.get("/{upgrade_id}", response=UpgradeDetailOut, summary="One upgrade, with its test results and commits")
-def upgrade_detail(request: HttpRequest, upgrade_id: int) -> Upgrade:
+@router.get(
+    "/{int:upgrade_id}",
+    response={200: UpgradeDetailOut, **errors(404)},
+    summary="One upgrade, with its test results and commits",
+)
+def upgrade_detail(request: HttpRequest, upgrade_id: Id) -> Upgrade:
     require_staff(request)
     return _upgrade(upgrade_id)
 
 
 @router.post(
-    "/{upgrade_id}/approve",
-    response=UpgradeDetailOut,
+    "/{int:upgrade_id}/approve",
+    response={200: UpgradeDetailOut, **errors(404, 409)},
     summary="Approve a proposed upgrade whose tests passed (needs upgrades.approve_upgrade); the worker applies it",
 )
-def upgrade_approve(request: HttpRequest, upgrade_id: int) -> Upgrade:
+def upgrade_approve(request: HttpRequest, upgrade_id: Id) -> Upgrade:
     user = require_staff(request)
     try:
         upgrade = services.upgrade_approve(upgrade_id=upgrade_id, actor=user)
@@ -175,11 +191,11 @@ def upgrade_approve(request: HttpRequest, upgrade_id: int) -> Upgrade:
 
 
 @router.post(
-    "/{upgrade_id}/reject",
-    response=UpgradeDetailOut,
+    "/{int:upgrade_id}/reject",
+    response={200: UpgradeDetailOut, **errors(400, 404, 409)},
     summary="Reject a proposed upgrade, with a reason (needs upgrades.approve_upgrade)",
 )
-def upgrade_reject(request: HttpRequest, upgrade_id: int, payload: RejectIn) -> Upgrade:
+def upgrade_reject(request: HttpRequest, upgrade_id: Id, payload: RejectIn) -> Upgrade:
     user = require_staff(request)
     try:
         upgrade = services.upgrade_reject_and_clean(upgrade_id=upgrade_id, actor=user, reason=payload.reason)

@@ -1,3 +1,4 @@
+import os
 import signal
 import subprocess
 import sys
@@ -55,7 +56,9 @@ class Command(BaseCommand):
         # First, so that the model loads while daphne and the worker start.
         if start_model_host:
             procs["model host"] = subprocess.Popen(model_host, cwd=settings.BASE_DIR, start_new_session=True)
-        procs["web"] = subprocess.Popen(web, cwd=settings.BASE_DIR, start_new_session=True)
+        # The site's own origins (SITE_ORIGINS, apps/core/origins.py) follow the address it really serves.
+        web_env = {**os.environ, "HOST": options["host"], "PORT": str(options["port"])}
+        procs["web"] = subprocess.Popen(web, cwd=settings.BASE_DIR, env=web_env, start_new_session=True)
         procs["worker"] = subprocess.Popen(worker, cwd=settings.BASE_DIR, start_new_session=True)
         self.stdout.write(f"Dashboard on http://{options['host']}:{options['port']}/  (Ctrl-C stops everything)")
         failed = ""
