@@ -30,7 +30,7 @@ seconds, unevenly: each pair waits for a quiet spell, and the figures are over t
 used at most QUIET_CORES (the same over all pairs are under `all_pairs`). Rounds go on until each path has
 --pairs quiet pairs or --seconds are over.
 
-Run from the project root: `.venv/bin/python bench/llm.py` (about 3 minutes on a quiet machine; --help). Progress
+Run from the project root: `.venv/bin/python bench/llm.py` (about 5 minutes on a quiet machine; --help). Progress
 goes to stderr; the last line of stdout is one JSON object with the figures.
 """
 
@@ -729,14 +729,14 @@ def same(pair: Pair) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--pairs", type=int, default=8, help="quiet pairs wanted of each form (chat, api, task; default 8)"
+        "--pairs", type=int, default=16, help="quiet pairs wanted of each form (chat, api, task; default 16)"
     )
     parser.add_argument("--warmup", type=int, default=1, help="rounds before measuring (default 1)")
     parser.add_argument(
         "--seconds",
         type=float,
-        default=150,
-        help="start no measured round after this long (default 150), even with fewer quiet pairs",
+        default=420,
+        help="start no measured round after this long (default 420), even with fewer quiet pairs",
     )
     args = parser.parse_args()
     if args.pairs < 1 or args.warmup < 1:

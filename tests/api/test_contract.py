@@ -221,8 +221,9 @@ def test_an_empty_paid_message_is_refused_before_any_invoice_is_made(client, dev
 
 # --- schemathesis against a live daphne -------------------------------------------------------------------------
 
-# Test cases per operation and phase: 26 operations, some 3,700 requests, a minute and a half on two cores.
-MAX_EXAMPLES = 100
+# Test cases per operation and phase: 26 operations, some 2,600 cases in about 35 s on two cores. 100 (3,700 cases,
+# 66 s) found nothing more with seeds 1, 2, 3 and 16.
+MAX_EXAMPLES = 60
 # The same cases on every run, so that a failure found once is found again (and can be replayed).
 SEED = 16
 # Only against a hang: the run is bounded by MAX_EXAMPLES.

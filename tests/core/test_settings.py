@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from django.conf import settings
 from django.db import connection
 
 from tests.gated import gated
@@ -126,6 +127,30 @@ def test_a_relative_data_dir_is_under_the_project_wherever_the_process_starts(tm
         shutil.rmtree(ROOT / relative, ignore_errors=True)
 
 
+LOG_ONE_OF_EACH = """
+import logging, os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timmy_site.settings")
+import django
+django.setup()
+logging.getLogger("django.request").warning("Not Found: /nowhere")
+logging.getLogger("timmy.worker").warning("the database is busy")
+"""
+
+
+def test_in_debug_mode_each_warning_is_logged_once(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", LOG_ONE_OF_EACH],
+        cwd=ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Not Found: /nowhere") == 1, result.stderr
+    assert result.stderr.count("the database is busy") == 1, result.stderr
+
+
 def test_the_database_has_its_vector_extension(db):
     """sqlite-vec is loaded on every connection by timmy_site.db; pgvector is created by the memory migration."""
     with connection.cursor() as cursor:
@@ -143,15 +168,16 @@ def test_the_database_has_its_vector_extension(db):
 def test_readers_pass_a_writer_and_a_blocked_writer_waits(db):
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # Readers never wait for writers there. A write waits for a row lock without limit, and in READ
-            # COMMITTED (Django's default) a conditional UPDATE that waited re-checks its WHERE on the committed
-            # row, which is what makes the worker's claims exclusive.
-            cursor.execute("SHOW lock_timeout")
-            assert cursor.fetchone()[0] == "0"
+            # Readers never wait for writers there. A write waits for a row lock up to DATABASE_BUSY_SECONDS (then
+            # the request is a 503, apps/core/database.py), and in READ COMMITTED (Django's default) a conditional
+            # UPDATE that waited re-checks its WHERE on the committed row, which is what makes the worker's claims
+            # exclusive.
+            cursor.execute("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'")
+            assert int(cursor.fetchone()[0]) == settings.DATABASE_BUSY_SECONDS * 1000
             cursor.execute("SHOW transaction_isolation")
             assert cursor.fetchone()[0] == "read committed"
         else:
             cursor.execute("PRAGMA journal_mode")
             assert cursor.fetchone()[0] == "wal"
             cursor.execute("PRAGMA busy_timeout")
-            assert cursor.fetchone()[0] >= 5000
+            assert cursor.fetchone()[0] == settings.DATABASE_BUSY_SECONDS * 1000
