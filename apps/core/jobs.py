@@ -95,7 +95,11 @@ class Pool:
         try:
             job.release()
         except Exception as again:
-            logger.warning("could not hand back %s (%s); its lease will run out instead", job.name, again)
+            if database.unavailable(again) is None:
+                # Not the database's doing: a bug of the release, shown with its traceback.
+                logger.exception("could not hand back %s; its lease will run out instead", job.name)
+            else:
+                logger.warning("could not hand back %s (%s); its lease will run out instead", job.name, again)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the running jobs to finish, at most `timeout` seconds; True if none is left."""

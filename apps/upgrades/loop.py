@@ -371,6 +371,17 @@ def _ask(prompt: Prompt) -> str:
         raise DraftFailed(f"No model answered: {exc}") from exc
 
 
+def _resumed(where: Target, branch: str, request_id: int | None) -> Upgrade | None:
+    """A change request drafted again after its worker died: the upgrade that worker proposed on `branch`, if it got
+    that far; otherwise the branch (and its worktree) is discarded so the draft starts over."""
+    if request_id is None:
+        return None
+    earlier = selectors.upgrade_on_branch(repo_path=str(where.repo), branch=branch)
+    if earlier is None:
+        gitops.discard_branch(where.repo, branch)
+    return earlier
+
+
 def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
     """Run the loop for `instruction` and propose the result. Raises DraftFailed when the model gave nothing
     usable in SELF_MODIFY_MAX_ATTEMPTS tries (no upgrade is recorded then).
@@ -380,11 +391,9 @@ def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
     where = target()
     suffix = str(request_id) if request_id is not None else uuid.uuid4().hex[:8]
     branch = f"self-modify/{slugify(instruction)[:40].strip('-') or 'change'}-{suffix}"
-    if request_id is not None:
-        earlier = selectors.upgrade_on_branch(repo_path=str(where.repo), branch=branch)
-        if earlier is not None:
-            return earlier
-        gitops.discard_branch(where.repo, branch)
+    earlier = _resumed(where, branch, request_id)
+    if earlier is not None:
+        return earlier
     base = gitops.head_sha(where.repo, where.branch)
     context = repository_context(where.repo, base, instruction)
     # Earlier attempts, oldest first: sent as far as the window allows; the latest failure always is.
@@ -527,11 +536,9 @@ def propose_branch(*, branch: str, description: str, commit: str = "", request_i
     where = checked.where
     suffix = f"r{request_id}" if request_id is not None else uuid.uuid4().hex[:6]
     copy = f"self-modify/branch-{slugify(branch)[:40].strip('-') or 'branch'}-{suffix}"
-    if request_id is not None:
-        earlier = selectors.upgrade_on_branch(repo_path=str(where.repo), branch=copy)
-        if earlier is not None:
-            return earlier
-        gitops.discard_branch(where.repo, copy)
+    earlier = _resumed(where, copy, request_id)
+    if earlier is not None:
+        return earlier
     worktree = gitops.create_worktree(where.repo, branch=copy, base=checked.tip, worktrees_dir=services.worktrees_dir())
     run = services.run_proposal_tests(worktree)
     return _propose(
