@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEV := DJANGO_DEBUG=1
 
-.PHONY: setup browser redis sandbox run test test-sqlite test-pg lint manage bench clean
+.PHONY: setup browser redis sandbox run dev test test-sqlite test-pg lint manage bench clean
 
 setup: $(VENV)/.installed browser redis sandbox
 
@@ -38,7 +38,14 @@ sandbox:
 		else echo "Install bubblewrap to test proposals in a sandbox: sudo apt-get install bubblewrap"; exit 1; fi; \
 	fi
 
+# The product: DEBUG off (friendly error pages, nothing leaked); the secret key is generated into the data dir.
 run: $(VENV)/.installed
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py ensure_admin
+	$(PY) manage.py serve
+
+# The same with Django's debug mode, for development: error pages with tracebacks, warnings on the console.
+dev: $(VENV)/.installed
 	$(DEV) $(PY) manage.py migrate --noinput
 	$(DEV) $(PY) manage.py ensure_admin
 	$(DEV) $(PY) manage.py serve

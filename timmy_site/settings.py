@@ -1,7 +1,7 @@
 """Settings, all from the environment (django-environ); a `.env` beside manage.py is read if present.
 
-State lives under TIMMY_DATA_DIR. DEBUG is off unless DJANGO_DEBUG=1 (`make run` sets it); without DEBUG,
-DJANGO_SECRET_KEY is required.
+State lives under TIMMY_DATA_DIR. DEBUG is off unless DJANGO_DEBUG=1 (`make dev` sets it). Without
+DJANGO_SECRET_KEY, a key is generated into the data dir once and reused.
 """
 
 import os
@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
 
 from apps.core import origins
 from timmy_site import data_dir
@@ -33,7 +32,7 @@ DATA_DIR_TIGHTENED = data_dir.secure(DATA_DIR)
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
 
-def _dev_secret_key(path: Path) -> str:
+def _generated_secret_key(path: Path) -> str:
     if not path.exists():
         # Written aside, then linked into place: two processes starting at once must not write two different
         # keys (the second link fails), nor may one read the file before the other has written it.
@@ -51,12 +50,9 @@ def _dev_secret_key(path: Path) -> str:
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY is not set. Production (DJANGO_DEBUG off) refuses to start without it: "
-            "set DJANGO_SECRET_KEY in the environment or in .env, or use `make run` for development."
-        )
-    SECRET_KEY = _dev_secret_key(DATA_DIR / "secret_key")
+    # One person's machine: a key only this user can read (the data dir is 0700) is as safe as one in .env, and
+    # `make run` works on a fresh clone with nothing to configure.
+    SECRET_KEY = _generated_secret_key(DATA_DIR / "secret_key")
 
 HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)

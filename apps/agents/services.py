@@ -374,15 +374,7 @@ def task_work(*, task: Task, worker_id: str, lease_seconds: int | None = None) -
     agent = task.assigned_agent
     persona = agent.persona if agent is not None else Persona.TIMMY
     if persona == Persona.FORGE and settings.FORGE_PROPOSES_UPGRADES:
-        # Forge's work is code: it becomes a change request, drafted and tested by the self-modify loop and
-        # proposed on the upgrade queue, where a person approves it before anything is merged.
-        request = upgrades.upgrade_request_create(instruction=task.description, actor=None, task=task)
-        return _task_finish(
-            task,
-            worker_id=worker_id,
-            result=f"Queued as change request {request.pk}: it will be drafted, tested in its own worktree and "
-            "proposed on the upgrade queue for approval.",
-        )
+        return _task_hand_to_change_request(task, worker_id=worker_id)
     with transaction.atomic():
         log_event(
             EventType.TOOL_CALLED,
@@ -431,6 +423,27 @@ def task_work(*, task: Task, worker_id: str, lease_seconds: int | None = None) -
             task_id=task.pk,
         )
     return finished
+
+
+def _task_hand_to_change_request(task: Task, *, worker_id: str) -> Task:
+    """Forge's work is code: it becomes a change request, drafted and tested by the self-modify loop and proposed on
+    the upgrade queue, where a person approves it before anything is merged. The task stays running (Forge busy)
+    and is completed or failed with the request's outcome (upgrades.upgrade_request_finish): only a proposed upgrade
+    is delivered work, and only delivered work is paid."""
+    try:
+        with transaction.atomic():
+            request = upgrades.upgrade_request_create(instruction=task.description, actor=None, task=task)
+            # In the same transaction: a request is never queued for a task this worker no longer holds.
+            task = swarm_services.task_wait(
+                task_id=task.pk, worker_id=worker_id, holder=upgrades.request_task_claim(request.pk)
+            )
+    except upgrades.InvalidUpgrade as exc:
+        return _task_finish(task, worker_id=worker_id, reason=f"Not a change request Forge can draft: {exc}")
+    except swarm_services.TaskWrongState as exc:
+        logger.warning("task %s changed before its change request was queued (%s); none is queued", task.pk, exc)
+        task.refresh_from_db()
+        return task
+    return task
 
 
 def _task_llm_completed(task: Task, data: dict[str, Any]) -> None:

@@ -1,9 +1,12 @@
+import shlex
+import sys
 import uuid
 from contextlib import suppress
 from functools import partial
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import User
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.sessions.backends.base import UpdateError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -19,6 +22,16 @@ from apps.core.decorators import staff_required
 # The conversation the chat page continues, kept in the browser's Django session.
 SESSION_KEY = "agents_chat_session_id"
 CONVERSATION_NOT_FOUND = "That conversation is not yours or no longer exists. Start a new one."
+
+
+def terminal_command(user: User | AnonymousUser, session_id: uuid.UUID) -> str:
+    """The command that continues a conversation from a terminal, with this server's Python and manage.py, so
+    that it works pasted into any shell."""
+    manage = str(settings.BASE_DIR / "manage.py")
+    username = user.get_username()
+    return shlex.join(
+        [sys.executable, manage, "timmy", "chat", "--user", username, "--session", str(session_id), "Hi again"]
+    )
 
 
 def _current_session(request: HttpRequest) -> ChatSession | None:
@@ -46,6 +59,7 @@ def _page(request: HttpRequest, form: ChatForm, session: ChatSession | None, *, 
         "truncated": len(chat_messages) >= selectors.PAGE_MESSAGES,
         "conversations": selectors.chat_sessions_recent(user=request.user),
         "message_max": services.MESSAGE_MAX,
+        "terminal_command": terminal_command(request.user, session.pk) if session else "",
     }
     return render(request, "agents/chat.html", context, status=status)
 
@@ -134,7 +148,10 @@ def _page_final(request: HttpRequest, user: User, outcome: streaming.Outcome) ->
         return event
     _remember(request, outcome.session_id)
     session = outcome.user_message.session
-    html["session_html"] = render_to_string("agents/_chat_session.html", {"chat_session_id": session.pk})
+    html["session_html"] = render_to_string(
+        "agents/_chat_session.html",
+        {"chat_session_id": session.pk, "terminal_command": terminal_command(user, session.pk)},
+    )
     html["conversations_html"] = render_to_string(
         "agents/_conversations.html",
         {"conversations": selectors.chat_sessions_recent(user=user), "chat_session": session},

@@ -80,7 +80,7 @@ class Pool:
                 self._hand_back(job, kind, exc)
                 return
             # The job's own failures are recorded on its item; this is a bug, shown where the operator looks.
-            logger.exception("job %s failed", job.name)
+            logger.exception("job %s failed: %s: %s", job.name, type(exc).__name__, exc)
             with transaction.atomic():
                 log_event(
                     EventType.SYSTEM_ERROR,

@@ -101,7 +101,7 @@ class Worker:
             logger.debug("worker %s %s met a %s database: %s", kind.replace("_", " "), name, trouble, exc)
             return
         # A failing step or job source must not stop the others; it is recorded where the operator looks.
-        logger.exception("worker %s %s failed", kind.replace("_", " "), name)
+        logger.exception("worker %s %s failed: %s: %s", kind.replace("_", " "), name, type(exc).__name__, exc)
         with transaction.atomic():
             log_event(
                 EventType.SYSTEM_ERROR,

@@ -5,6 +5,7 @@ from django import forms
 from django.http import QueryDict
 
 from apps.ledger.models import TxStatus, TxType
+from apps.ledger.services import MAX_SATS, memo_error
 
 DATE_FORMAT = "%Y-%m-%d"
 DATE_ERROR = "Give the date as YYYY-MM-DD, e.g. 2025-01-31."
@@ -75,3 +76,35 @@ class LedgerFilterForm(forms.Form):
             if value:
                 query[name] = value.isoformat() if isinstance(value, date) else value
         return query.urlencode()
+
+
+AMOUNT_ERROR = "The amount must be a whole number of sats."
+AMOUNT_RANGE_ERROR = f"The amount must be between 1 and {MAX_SATS:,} sats."
+
+
+class ReceiveForm(forms.Form):
+    """The Receive card: an invoice for an amount and a memo, refused with the same reasons as the service (and so
+    the API) gives."""
+
+    amount_sats = forms.IntegerField(
+        label="Amount (sats)",
+        min_value=1,
+        max_value=MAX_SATS,
+        error_messages={
+            "required": "Give the amount in sats.",
+            "invalid": AMOUNT_ERROR,
+            "min_value": AMOUNT_RANGE_ERROR,
+            "max_value": AMOUNT_RANGE_ERROR,
+        },
+        # Numeric keyboard on phones, no spinner steps limits: the range is checked on the server.
+        widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"}),
+    )
+    # No max_length: the limit is in bytes of UTF-8 (a BOLT11 description), which the browser cannot count.
+    memo = forms.CharField(label="Memo", required=False, widget=forms.TextInput(attrs={"autocomplete": "off"}))
+
+    def clean_memo(self) -> str:
+        memo = str(self.cleaned_data.get("memo") or "")
+        error = memo_error(memo)
+        if error:
+            raise forms.ValidationError(error)
+        return memo

@@ -4,10 +4,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from io import StringIO
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from apps.ledger.models import LedgerDaily, LedgerEntry, TxType
+from apps.ledger import services
+from apps.ledger.models import SWARM_PAYMENT_SOURCE, LedgerDaily, LedgerEntry, TxStatus, TxType
+from apps.swarm.models import Task
 
 CSV_HEADER = [
     "date", "type", "status", "amount_sats", "fee_sats", "memo", "payment_hash", "preimage", "task", "agent",
@@ -149,3 +151,65 @@ def ledger_entries_page(
     more = len(rows) > limit
     rows = rows[:limit]
     return EntriesPage(rows, rows[-1].pk if more and rows else None)
+
+
+def incoming_invoice(*, payment_hash: str) -> LedgerEntry | None:
+    """An invoice of ours by its payment hash (the Receive card), None when there is none: any text may be asked."""
+    return LedgerEntry.objects.filter(payment_hash=payment_hash.strip().lower(), tx_type=TxType.INCOMING).first()
+
+
+@dataclass(frozen=True)
+class TaskPayment:
+    state: str  # paid, sending, failed, waiting, due; none for a failed task
+    text: str
+
+
+def task_payment(task: Task) -> TaskPayment | None:
+    """What became of paying a task's winner, for the task page; None while there is nothing to say (no winner, or
+    the task is still open)."""
+    if task.assigned_agent_id is None or not task.winning_bid_sats:
+        return None
+    if task.status == Task.Status.FAILED:
+        return TaskPayment("none", "nothing paid: only delivered work is paid, and this task failed")
+    if task.status != Task.Status.COMPLETED:
+        return None
+    entries = list(
+        LedgerEntry.objects.filter(task_id=task.pk, source=SWARM_PAYMENT_SOURCE, tx_type=TxType.OUTGOING)
+        .only("status", "amount_sats", "fee_sats", "failure_reason")
+        .order_by("-id")[:5]
+    )
+    for entry in entries:
+        if entry.status == TxStatus.SETTLED:
+            fee = f" (+{entry.fee_sats:,} sats in fees)" if entry.fee_sats else ""
+            return TaskPayment("paid", f"paid {entry.amount_sats:,} sats{fee}")
+        if entry.status == TxStatus.PENDING:
+            return TaskPayment("sending", f"sending {entry.amount_sats:,} sats: the node has not confirmed it yet")
+    if entries:
+        return TaskPayment("failed", f"payment failed: {entries[0].failure_reason or 'no reason given'}")
+    try:
+        services.funds_check(amount_sats=task.winning_bid_sats, fee_allowance_sats=services.fee_allowance_sats())
+    except services.PaymentWaiting as waiting:
+        return TaskPayment("waiting", f"waiting for funds: {waiting}")
+    return TaskPayment("due", f"{task.winning_bid_sats:,} sats, to be paid by the worker on its next cycle")
+
+
+@dataclass(frozen=True)
+class WaitingPayment:
+    task: Task
+    reason: str  # "needs 135 sats, 20 available", as the balance stands now
+
+
+def payments_waiting(*, limit: int = 50) -> list[WaitingPayment]:
+    """Tasks whose payment waited for funds and is still unpaid, oldest first (the order the worker pays them in),
+    each with what it needs against what is available now."""
+    fee = services.fee_allowance_sats()
+    available = services.spendable_sats(fee_allowance_sats=fee)
+    waiting = []
+    for task in services.tasks_unpaid().filter(Q(waiting=True)).defer("result", "failure_reason")[:limit]:
+        amount = task.winning_bid_sats or 0
+        if available < amount + fee:
+            reason = str(services.PaymentWaiting(amount_sats=amount, fee_allowance_sats=fee, available_sats=available))
+        else:
+            reason = "funds have arrived: the worker pays it on its next cycle"
+        waiting.append(WaitingPayment(task, reason))
+    return waiting

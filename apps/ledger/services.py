@@ -8,6 +8,7 @@ never a payment nobody knows about.
 
 import hashlib
 import hmac
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,9 +16,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Sum
+from django.db.models import CharField, Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import Cast
 from django.utils import timezone
 
+from apps.events.models import Event
 from apps.events.services import clean_multiline_text, log_event
 from apps.ledger.backends import get_backend
 from apps.ledger.backends.base import (
@@ -29,8 +32,11 @@ from apps.ledger.backends.base import (
     PaymentState,
 )
 from apps.ledger.backends.dev import DevBackend, decode
+from apps.ledger.backends.lnd import DEFAULT_FEE_LIMIT_SATS
 from apps.ledger.models import SWARM_PAYMENT_SOURCE, LedgerDaily, LedgerEntry, LedgerTotals, TxStatus, TxType
 from apps.swarm.models import Agent, Task
+
+logger = logging.getLogger("timmy.ledger")
 
 # 21 million bitcoin: no single amount can be more.
 MAX_SATS = 21_000_000 * 100_000_000
@@ -67,6 +73,16 @@ class NotSettledByNode(LedgerError):
 
 class AlreadyPaid(LedgerError):
     pass
+
+
+class PaymentWaiting(LedgerError):
+    """The wallet cannot cover the payment now: nothing was written, and it waits for funds."""
+
+    def __init__(self, *, amount_sats: int, fee_allowance_sats: int, available_sats: int) -> None:
+        self.amount_sats, self.fee_allowance_sats, self.available_sats = amount_sats, fee_allowance_sats, available_sats
+        self.needed_sats = amount_sats + fee_allowance_sats
+        fees = f" ({amount_sats} + up to {fee_allowance_sats} in routing fees)" if fee_allowance_sats else ""
+        super().__init__(f"needs {self.needed_sats} sats{fees}, {available_sats} available")
 
 
 def _amount(amount_sats: Any) -> int:
@@ -202,10 +218,15 @@ def record_outgoing(
     agent: Agent | None = None,
     backend: LightningBackend | None = None,
     timeout_seconds: int | None = None,
+    require_funds: bool = False,
 ) -> LedgerEntry:
     """Pay a BOLT11 invoice: recorded as pending (committed) first, then paid, then settled or failed. A payment
     still in flight when the timeout ends, or whose outcome the node could not report, stays pending for
-    `reconcile`. Must not be called inside a transaction (see the module docstring)."""
+    `reconcile`. Must not be called inside a transaction (see the module docstring).
+
+    With `require_funds`, the pending row is written only if the balance covers the amount and the backend's fee
+    allowance, checked in the same transaction under a lock (funds_check): otherwise PaymentWaiting, and nothing
+    is written."""
     if connection.in_atomic_block:
         raise LedgerError("record_outgoing must not run inside a transaction: the pending row must be committed first.")
     backend = backend or get_backend()
@@ -219,13 +240,20 @@ def record_outgoing(
         raise InvalidPayment("The invoice asks for a fraction of a sat; only whole sats can be paid.")
     if decoded.has_expired():
         raise InvalidPayment("The invoice has expired.")
+    amount = _amount(decoded.amount_msat // 1000)
     try:
         with transaction.atomic():
+            if require_funds:
+                funds_check(amount_sats=amount, fee_allowance_sats=fee_allowance_sats(backend), lock=True)
+            if task is not None and source == SWARM_PAYMENT_SOURCE and _task_payment_live(task.pk):
+                # Checked, not left to the unique constraint: on PostgreSQL, inserting against the row another
+                # transaction is settling would wait for it while holding the totals lock that one needs (deadlock).
+                raise AlreadyPaid(f"Task {task.pk} is already paid, or its payment is under way.")
             entry = _append(
                 LedgerEntry(
                     tx_type=TxType.OUTGOING,
                     payment_hash=decoded.payment_hash,
-                    amount_sats=_amount(decoded.amount_msat // 1000),
+                    amount_sats=amount,
                     memo=_memo_clipped(decoded.description or ""),
                     invoice=payment_request.strip(),
                     source=source,
@@ -327,7 +355,11 @@ def mark_failed(*, payment_hash: str, reason: str) -> LedgerEntry:
     if entry is None:
         raise EntryNotFound(f"No ledger entry has the payment hash {payment_hash}.")
     reason = clean_multiline_text(reason).strip()[:REASON_MAX] or "failed"
-    return _move(entry, TxStatus.FAILED, "payment.failed", failure_reason=reason)
+    failed = _move(entry, TxStatus.FAILED, "payment.failed", failure_reason=reason)
+    # One line for each failed payment, however it was found to fail (at once, or by reconcile later).
+    for_task = f" for task {entry.task_id}" if entry.task_id else ""
+    logger.warning("payment %s…%s failed: %s", entry.payment_hash[:12], for_task, reason)
+    return failed
 
 
 def expire_invoices(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -452,12 +484,62 @@ def get_balance() -> dict[str, int]:
     }
 
 
+def _task_payment_live(task_id: int) -> bool:
+    return (
+        LedgerEntry.objects.filter(task_id=task_id, source=SWARM_PAYMENT_SOURCE)
+        .exclude(status=TxStatus.FAILED)
+        .exists()
+    )
+
+
+def fee_allowance_sats(backend: LightningBackend | None = None) -> int:
+    """The most routing fees one payment may cost: LND's fee limit; the dev node charges none."""
+    if backend is None:
+        # From the setting, not get_backend(): for pages, which must not build a client for the node to read this.
+        return DEFAULT_FEE_LIMIT_SATS if settings.LIGHTNING_BACKEND == "lnd" else 0
+    return int(getattr(backend, "fee_limit_sats", 0))
+
+
+def _totals_row_locked(tx_type: str, status: str) -> None:
+    if not LedgerTotals.objects.select_for_update().filter(tx_type=tx_type, status=status).exists():
+        LedgerTotals.objects.get_or_create(tx_type=tx_type, status=status)  # a flushed database (tests)
+        LedgerTotals.objects.select_for_update().filter(tx_type=tx_type, status=status).exists()
+
+
+def funds_check(*, amount_sats: int, fee_allowance_sats: int, lock: bool = False) -> int:
+    """What is available for a payment of `amount_sats` (the balance's available sats, less the fee allowance held
+    back for each payment still pending); raises PaymentWaiting when that does not cover the amount and its own
+    fee allowance.
+
+    `lock` (inside the transaction that writes the pending row): the outgoing/pending totals row is locked first,
+    so two payers check and write one after the other and never both spend the same sats. Every outgoing row's
+    move updates that row, so none changes the balance between this check and the write. On SQLite the write
+    transaction (BEGIN IMMEDIATE) already serialises writers."""
+    if lock:
+        _totals_row_locked(TxType.OUTGOING, TxStatus.PENDING)
+    available = spendable_sats(fee_allowance_sats=fee_allowance_sats)
+    if available < amount_sats + fee_allowance_sats:
+        raise PaymentWaiting(amount_sats=amount_sats, fee_allowance_sats=fee_allowance_sats, available_sats=available)
+    return available
+
+
+def spendable_sats(*, fee_allowance_sats: int) -> int:
+    """The balance's available sats, less the fee allowance of each outgoing payment still pending."""
+    pending = LedgerTotals.objects.filter(tx_type=TxType.OUTGOING, status=TxStatus.PENDING).values_list(
+        "count", flat=True
+    )
+    return get_balance()["available_sats"] - fee_allowance_sats * max(0, pending.first() or 0)
+
+
 def pay_task(*, task: Task, backend: LightningBackend | None = None) -> LedgerEntry:
     """Pay a completed task's winning agent its bid: the agent's invoice (for local agents, an invoice of this
-    node), paid as an outgoing payment tied to the task and the agent."""
+    node), paid as an outgoing payment tied to the task and the agent. Raises PaymentWaiting, writing nothing,
+    when the balance cannot cover it."""
     if task.status != Task.Status.COMPLETED or task.assigned_agent_id is None or not task.winning_bid_sats:
         raise InvalidPayment(f"Task {task.pk} is not a completed task with a winning bid.")
     backend = backend or get_backend()
+    # Checked before the invoice is made too (no invoice for a payment that waits), and again under the lock.
+    funds_check(amount_sats=task.winning_bid_sats, fee_allowance_sats=fee_allowance_sats(backend))
     invoice = backend.create_invoice(
         amount_sats=task.winning_bid_sats,
         memo=_memo_clipped(f"Task {task.pk}: {task.description[:100]}"),
@@ -469,24 +551,62 @@ def pay_task(*, task: Task, backend: LightningBackend | None = None) -> LedgerEn
         task=task,
         agent=task.assigned_agent,
         backend=backend,
+        require_funds=True,
+    )
+
+
+PAYMENT_WAITING_EVENT = "payment.waiting"
+
+
+def _waited(task_id: Any) -> Exists:
+    return Exists(
+        Event.objects.filter(event_type=PAYMENT_WAITING_EVENT, task_id=Cast(task_id, output_field=CharField()))
+    )
+
+
+def tasks_unpaid() -> QuerySet[Task]:
+    """Completed tasks with a winner and no swarm payment at all, annotated `waiting` (a payment of theirs waited
+    for funds), oldest first. A failed payment is not retried by itself: it shows on the ledger for a person."""
+    paid = LedgerEntry.objects.filter(source=SWARM_PAYMENT_SOURCE, task__isnull=False).values("task_id")
+    return (
+        Task.objects.filter(status=Task.Status.COMPLETED, assigned_agent__isnull=False, winning_bid_sats__gt=0)
+        .exclude(pk__in=paid)
+        .annotate(waiting=_waited(OuterRef("pk")))
+        .select_related("assigned_agent")
+        .order_by("finished_at", "id")
     )
 
 
 def tasks_to_pay(*, limit: int = 20, window: timedelta = timedelta(days=7)) -> list[Task]:
-    """Recently completed tasks with a winner and no swarm payment yet. A failed payment is not retried by
-    itself: it shows on the ledger for a person to look at."""
-    paid = LedgerEntry.objects.filter(source=SWARM_PAYMENT_SOURCE, task__isnull=False).values("task_id")
-    return list(
-        Task.objects.filter(
-            status=Task.Status.COMPLETED,
-            assigned_agent__isnull=False,
-            winning_bid_sats__gt=0,
-            finished_at__gte=timezone.now() - window,
+    """Unpaid completed tasks, oldest first: those completed within `window`, and those whose payment waits for
+    funds however long ago (a waiting payment stays waiting until it is paid). The window keeps the worker's scan
+    small and a fresh ledger from paying tasks completed long before it existed."""
+    recent = Q(finished_at__gte=timezone.now() - window)
+    return list(tasks_unpaid().filter(recent | Q(waiting=True))[:limit])
+
+
+def payment_waiting_record(*, task: Task, waiting: PaymentWaiting) -> bool:
+    """Record that `task`'s payment waits for funds: a `payment.waiting` event, once per task (the worker meets it
+    again every cycle until funds arrive). True if this was the first time."""
+    with transaction.atomic():
+        # The task's row lock makes two workers meeting it at once log it once (SQLite: the write transaction).
+        if not Task.objects.select_for_update().filter(pk=task.pk).exists():
+            return False
+        if Event.objects.filter(event_type=PAYMENT_WAITING_EVENT, task_id=str(task.pk)).exists():
+            return False
+        log_event(
+            PAYMENT_WAITING_EVENT,
+            source=SWARM_PAYMENT_SOURCE,
+            task_id=task.pk,
+            agent_id=task.assigned_agent_id,
+            data={
+                "reason": f"waiting for funds: {waiting}",
+                "amount_sats": waiting.amount_sats,
+                "needed_sats": waiting.needed_sats,
+                "available_sats": waiting.available_sats,
+            },
         )
-        .exclude(pk__in=paid)
-        .select_related("assigned_agent")
-        .order_by("id")[:limit]
-    )
+    return True
 
 
 class NotDevMode(LedgerError):

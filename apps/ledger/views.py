@@ -1,18 +1,24 @@
 from typing import Any
+from urllib.parse import urlsplit
 
+import segno
 from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 from django.views.decorators.http import require_POST, require_safe
 
 from apps.core.decorators import staff_required
 from apps.core.types import HtmxHttpRequest
+from apps.events import selectors as events
 from apps.ledger import selectors, services
-from apps.ledger.forms import LedgerFilterForm
+from apps.ledger.backends.base import BackendError
+from apps.ledger.forms import LedgerFilterForm, ReceiveForm
+from apps.ledger.models import LedgerEntry, TxStatus
 
 PAGE_SIZE = 50
 CHART_DAYS = 30
@@ -23,6 +29,11 @@ NOT_DEV_MODE = (
     "Simulated payments exist only with the embedded dev node (LIGHTNING_BACKEND=dev); this server uses "
     "“{backend}”, where an invoice is settled only by a real payment."
 )
+
+
+# Invoices made on the Receive card: "dashboard:<username>", as the API's are "api:<username>".
+RECEIVE_SOURCE = "dashboard"
+PAYMENT_HASH_LENGTH = 64
 
 
 def _dev_mode() -> bool:
@@ -70,6 +81,52 @@ def _summary_context() -> dict[str, Any]:
     }
 
 
+def invoice_qr_svg(payment_request: str) -> SafeString:
+    """The invoice as a QR code in inline SVG, drawn here: no script and no outside service sees it.
+
+    Upper case, as BOLT11 recommends for QR codes: bech32 allows either case, and in upper case the whole
+    "LIGHTNING:" URI fits QR's alphanumeric mode, a smaller code that a camera reads more easily."""
+    code = segno.make(f"lightning:{payment_request}".upper(), error="m")
+    # Safe markup: segno writes only the modules' geometry and the attributes given here, never the text it encodes.
+    svg = code.svg_inline(
+        scale=1, border=4, omitsize=True, svgclass="ledger-qr-code", lineclass=None, dark="#000", light="#fff"
+    )
+    return mark_safe(svg)  # noqa: S308
+
+
+def _shown_invoice(params: QueryDict) -> LedgerEntry | None:
+    """The invoice the Receive card shows (`invoice`, a payment hash), if it names one of ours."""
+    payment_hash = params.get("invoice", "")
+    if not payment_hash or len(payment_hash) > PAYMENT_HASH_LENGTH:
+        return None
+    return selectors.incoming_invoice(payment_hash=payment_hash)
+
+
+def _receive_context(*, form: ReceiveForm | None = None, entry: LedgerEntry | None = None) -> dict[str, Any]:
+    context: dict[str, Any] = {"receive_form": form or ReceiveForm(), "dev_mode": _dev_mode()}
+    if entry is not None:
+        pending = entry.status == TxStatus.PENDING
+        context.update(invoice_entry=entry, invoice_qr=invoice_qr_svg(entry.invoice) if pending else None)
+    return context
+
+
+def _page_query(request: HtmxHttpRequest) -> QueryDict:
+    """The filters and page the answer is for: the form's `query`, else (htmx) those of the page that asked."""
+    if request.POST.get("query"):
+        return QueryDict(request.POST["query"])
+    if request.htmx and request.htmx.current_url:
+        # The filters and the pager push their query into the address bar, so the page's address has them.
+        parts = urlsplit(request.htmx.current_url)
+        if parts.path == reverse("ledger:index"):
+            return QueryDict(parts.query)
+    return QueryDict()
+
+
+def _index_url(query: QueryDict) -> str:
+    url = reverse("ledger:index")
+    return f"{url}?{query.urlencode()}" if query else url
+
+
 @staff_required
 @require_safe
 def index(request: HtmxHttpRequest) -> HttpResponse:
@@ -78,7 +135,60 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     context, status = _results_context(form)
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "ledger/_results.html", context, status=status)
-    return render(request, "ledger/index.html", {**context, **_summary_context()}, status=status)
+    context.update(**_summary_context(), **_receive_context(entry=_shown_invoice(request.GET)))
+    # The live updates resume after the newest event the page was drawn with.
+    context["live_since"] = events.event_latest_id()
+    return render(request, "ledger/index.html", context, status=status)
+
+
+@staff_required
+@require_POST
+def receive(request: HtmxHttpRequest) -> HttpResponse:
+    """The Receive card: an invoice from the node for an amount and a memo. With htmx the card again (with the new
+    invoice, or with the reason it was refused) and the entries and balance out of band."""
+    form = ReceiveForm(request.POST)
+    entry = None
+    status = HTMX_REFUSED
+    if form.is_valid():
+        try:
+            entry = services.create_invoice_entry(
+                amount_sats=form.cleaned_data["amount_sats"],
+                memo=form.cleaned_data["memo"],
+                source=f"{RECEIVE_SOURCE}:{request.user.get_username()}",
+            )
+        except services.InvalidPayment as exc:
+            form.add_error(None, str(exc))
+        except BackendError as exc:
+            form.add_error(None, f"The Lightning node cannot make an invoice now: {exc}")
+            status = 503
+    if entry is None:
+        if request.htmx:
+            return render(request, "ledger/_receive.html", _receive_context(form=form), status=status)
+        context, _ = _results_context(LedgerFilterForm())
+        context.update(**_summary_context(), **_receive_context(form=form), live_since=events.event_latest_id())
+        return render(request, "ledger/index.html", context, status=status)
+    query = _page_query(request).copy()
+    query["invoice"] = entry.payment_hash
+    if not request.htmx:
+        return redirect(_index_url(query))
+    context, _ = _results_context(LedgerFilterForm(query))
+    context.update(**_receive_context(entry=entry), balance=services.get_balance())
+    response = render(request, "ledger/_receive_changed.html", context)
+    # A reload shows the same invoice on the card.
+    response["HX-Replace-Url"] = _index_url(query)
+    return response
+
+
+@staff_required
+@require_safe
+def live(request: HtmxHttpRequest) -> HttpResponse:
+    """What a payment changes on the page, all out of band, for static/js/ledger-live.js to fetch when the event
+    feed reports one: the entries (the page's filters and page), the balance, chart and earnings, and the invoice
+    on the Receive card (`invoice`)."""
+    form = LedgerFilterForm(request.GET or None)
+    context, _ = _results_context(form)
+    context.update(**_summary_context(), **_receive_context(entry=_shown_invoice(request.GET)))
+    return render(request, "ledger/_live.html", context)
 
 
 # staff_required is typed for HttpResponse views; a streaming response passes through it unchanged.
@@ -108,7 +218,7 @@ def simulate(request: HtmxHttpRequest, payment_hash: str) -> HttpResponse:
     if not _dev_mode():
         return _refused(request, NOT_DEV_MODE.format(backend=settings.LIGHTNING_BACKEND))
     # The filters and page the button was on (a query string: the redirect can only go to this page).
-    query = QueryDict(request.POST.get("query", ""))
+    query = _page_query(request)
     refused = False
     try:
         entry = services.dev_simulate_payment(payment_hash=payment_hash, actor=request.user)
@@ -120,9 +230,13 @@ def simulate(request: HtmxHttpRequest, payment_hash: str) -> HttpResponse:
     else:
         memo = f" (“{Truncator(entry.memo).chars(60)}”)" if entry.memo else ""
         messages.success(request, f"Simulated a payment of {entry.amount_sats:,} sats{memo}: the invoice is settled.")
+    # Pressed on the Receive card: that card shows the invoice's new state too.
+    shown = _shown_invoice(request.POST)
     if request.htmx:
         context, _ = _results_context(LedgerFilterForm(query or None))
-        context.update(_summary_context(), show_messages=True)
+        context.update(**_summary_context(), **_receive_context(entry=shown), show_messages=True)
         return render(request, "ledger/_changed.html", context, status=HTMX_REFUSED if refused else 200)
-    url = reverse("ledger:index")
-    return redirect(f"{url}?{query.urlencode()}" if query else url)
+    if shown is not None:
+        query = query.copy()
+        query["invoice"] = shown.payment_hash
+    return redirect(_index_url(query))

@@ -1,24 +1,44 @@
 """Ledger steps of the worker (see WORKER_STEPS)."""
 
+import logging
 from datetime import datetime, timedelta
 
 from apps.core.worker import at_most_every
 from apps.ledger import services
-from apps.ledger.backends.base import BackendError
+from apps.ledger.backends.base import BackendError, BackendUnavailable
+
+logger = logging.getLogger("timmy.ledger")
+
+PAYMENTS_PER_CYCLE = 5
+# Payments that wait for funds are looked at each cycle too (cheaply: no invoice is made for them), so a few old
+# waiting ones never hide the newly completed tasks behind them.
+CANDIDATES_PER_CYCLE = 50
 
 
 def pay_completed_tasks(now: datetime) -> int:
-    """Pay the winner of each newly completed task its bid, one payment at a time (never inside a transaction)."""
+    """Pay the winner of each completed task its bid, oldest first, as far as the funds go, one payment at a time
+    (never inside a transaction). A payment the balance cannot cover waits, with a `payment.waiting` event the
+    first time, until an incoming payment brings the funds."""
     paid = 0
-    for task in services.tasks_to_pay(limit=5):
+    for task in services.tasks_to_pay(limit=CANDIDATES_PER_CYCLE):
+        if paid >= PAYMENTS_PER_CYCLE:
+            break
         try:
             services.pay_task(task=task)
+        except services.PaymentWaiting as exc:
+            if services.payment_waiting_record(task=task, waiting=exc):
+                logger.warning("payment for task %s waits for funds: %s", task.pk, exc)
+            continue
         except services.AlreadyPaid:
             continue  # another worker got there first
-        except (BackendError, services.InvalidPayment):
-            # The node refused or is down: the task stays unpaid (and visible as such) until the next cycle.
+        except BackendUnavailable as exc:
+            # The node is down: every task stays unpaid (and visible as such) until a later cycle reaches it.
+            logger.info("payment for task %s not sent: %s; will retry", task.pk, exc)
             break
-        paid += 1
+        except (BackendError, services.InvalidPayment) as exc:
+            logger.warning("payment for task %s not sent: %s; will retry", task.pk, exc)
+            break
+        paid += 1  # settled, or failed (services.mark_failed logs that), or pending until reconcile hears
     return paid
 
 

@@ -12,7 +12,7 @@ class BidInline(admin.TabularInline):
     model = Bid
     extra = 0
     can_delete = False
-    readonly_fields = ["agent", "amount_sats", "created_at"]
+    readonly_fields = ["agent", "amount_sats", "match", "created_at"]
 
     def has_add_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
         return False
@@ -70,13 +70,21 @@ class TaskAdmin(admin.ModelAdmin):
 class AgentAdmin(admin.ModelAdmin):
     list_display = ["name", "persona", "status", "base_bid_sats", "bid_jitter_sats", "last_seen"]
     list_filter = ["persona", "status"]
-    search_fields = ["name", "description"]
+    search_fields = ["name", "description", "profile"]
     readonly_fields = ["status", "last_seen", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "persona", "status", "bids_on_tasks", "last_seen", "created_at"]}),
+        (
+            "What it does (tasks are matched with this by meaning)",
+            {"fields": ["description", "capabilities", "keywords", "profile"]},
+        ),
+        ("Bids", {"fields": ["base_bid_sats", "bid_jitter_sats", "off_topic_multiplier"]}),
+    ]
 
 
 @admin.register(Bid)
 class BidAdmin(admin.ModelAdmin):
-    list_display = ["task", "agent", "amount_sats", "created_at"]
+    list_display = ["task", "agent", "amount_sats", "match", "created_at"]
     list_filter = ["agent"]
     search_fields = ["=task__id"]
     list_select_related = ["task", "agent"]

@@ -23,6 +23,9 @@ class BidOut(Schema):
     agent_id: int
     agent: str = Field(..., alias="agent.name")
     amount_sats: int
+    match: float | None = Field(
+        None, description="How well the task matched the agent's profile when it bid (cosine similarity, -1 to 1)"
+    )
     created_at: datetime
 
 
@@ -56,6 +59,7 @@ class AgentOut(Schema):
     description: str
     capabilities: list[str]
     keywords: list[str]
+    profile: str
     status: AgentStatus
     base_bid_sats: int
     bid_jitter_sats: int

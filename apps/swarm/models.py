@@ -24,10 +24,16 @@ class Agent(models.Model):
     persona = models.CharField(max_length=20, choices=Persona.choices)
     description = models.CharField(max_length=200, blank=True)
     capabilities = models.JSONField(default=list, blank=True)
-    # Words that make a task this persona's speciality: it bids low on those, high on the rest.
+    # Words for what this persona does: part of its profile, compared with tasks by meaning, not as substrings.
     keywords = models.JSONField(default=list, blank=True)
+    profile = models.TextField(
+        blank=True,
+        help_text="What this agent does, then its typical tasks, one per line. Tasks are matched with this profile "
+        "(and the description, capabilities and keywords) by meaning: the best-matching agent bids lowest.",
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OFFLINE)
-    # Bid = base (matching task) or base * off_topic_multiplier, plus uniform jitter in ±bid_jitter_sats.
+    # Bid = base for the best-matching agent, rising to base * off_topic_multiplier for a clear mismatch
+    # (apps.swarm.matching), plus uniform jitter in ±bid_jitter_sats.
     base_bid_sats = models.PositiveIntegerField(default=100)
     bid_jitter_sats = models.PositiveIntegerField(default=10)
     off_topic_multiplier = models.PositiveSmallIntegerField(default=3)
@@ -97,6 +103,8 @@ class Bid(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="bids")
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="bids")
     amount_sats = models.PositiveIntegerField()
+    # How well the task matched the agent's profile (cosine similarity) when it bid; empty for bids made otherwise.
+    match = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

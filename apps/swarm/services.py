@@ -1,5 +1,5 @@
+import logging
 import random
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,8 +11,12 @@ from django.utils import timezone
 
 from apps.events.models import EventType
 from apps.events.services import clean_multiline_text, log_event
+from apps.swarm import matching
+from apps.swarm.matching import Match
 from apps.swarm.models import Agent, Bid, Task
 
+# The worker's log (tasks fail there, mostly): one warning for each task that fails, in task_fail.
+logger = logging.getLogger("timmy.worker")
 SOURCE = "swarm.coordinator"
 DESCRIPTION_MAX = 10_000
 OPEN_AUCTIONS_BID_LIMIT = 100
@@ -40,9 +44,12 @@ class BidRejected(SwarmError):
     pass
 
 
-def _transition(task_id: int, expected: tuple[str, ...], **changes: Any) -> Task:
-    """Conditional update: moves the task only if it is still in an expected state, else raises."""
-    updated = Task.objects.filter(pk=task_id, status__in=expected).update(**changes)
+def _transition(
+    task_id: int, expected: tuple[str, ...], *, where: dict[str, Any] | None = None, **changes: Any
+) -> Task:
+    """Conditional update: moves the task only if it is still in an expected state (and matches `where`), else
+    raises."""
+    updated = Task.objects.filter(pk=task_id, status__in=expected, **(where or {})).update(**changes)
     current = Task.objects.select_related("assigned_agent").filter(pk=task_id).first()
     if current is None:
         raise TaskNotFound(f"task {task_id} does not exist")
@@ -58,20 +65,16 @@ def _preview(text: str, length: int = 200) -> str:
 # --- agents ---
 
 
-def _words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+def persona_bid_amount(agent: Agent, match: Match, rng: random.Random) -> int:
+    """The agent's bid on a task it matches as `match` says (apps.swarm.matching): its base price when it is the
+    best match, up to base x off_topic_multiplier when it clearly is not, plus jitter."""
+    amount = matching.bid_amount(
+        base_sats=agent.base_bid_sats, match=match, off_topic_multiplier=agent.off_topic_multiplier
+    )
+    return max(1, amount + rng.randint(-agent.bid_jitter_sats, agent.bid_jitter_sats))
 
 
-def persona_bid_amount(agent: Agent, description: str, rng: random.Random) -> int:
-    # A keyword matches the start of a word ("summar" matches "summarise"); "look up" matches the phrase.
-    text = " " + _words(description)
-    keywords = [_words(keyword) for keyword in agent.keywords]
-    matches = any(f" {keyword}" in text for keyword in keywords if keyword)
-    base = agent.base_bid_sats if matches else agent.base_bid_sats * agent.off_topic_multiplier
-    return max(1, base + rng.randint(-agent.bid_jitter_sats, agent.bid_jitter_sats))
-
-
-def agent_join(*, agent: Agent, source: str = SOURCE, rng: random.Random | None = None) -> bool:
+def agent_join(*, agent: Agent, source: str = SOURCE, rng: random.Random | None = None, bid_now: bool = True) -> bool:
     now = timezone.now()
     with transaction.atomic():
         if not Agent.objects.filter(pk=agent.pk, status=Agent.Status.OFFLINE).update(
@@ -86,7 +89,8 @@ def agent_join(*, agent: Agent, source: str = SOURCE, rng: random.Random | None 
         )
     agent.status = Agent.Status.IDLE
     # Tasks posted before the agents came online (before the worker started) would otherwise never get a bid.
-    agent_bid_open_auctions(agent=agent, rng=rng)
+    if bid_now:
+        agent_bid_open_auctions(agent=agent, rng=rng)
     return True
 
 
@@ -104,11 +108,15 @@ def agent_bid_open_auctions(*, agent: Agent, rng: random.Random | None = None) -
         .exclude(bids__agent=bidder)
         .order_by("id")[:OPEN_AUCTIONS_BID_LIMIT]
     )
+    tasks = list(open_auctions)
+    # Every description in one batch, before any write: embedding takes a while and holds no lock.
+    matches = matching.task_matches([task.description for task in tasks], matching.competitors([bidder]))
     made = 0
-    for task in open_auctions:
+    for task, task_match in zip(tasks, matches, strict=True):
+        match = task_match[bidder.pk]
         try:
-            amount = persona_bid_amount(bidder, task.description, rng)
-            bid_submit(task=task, agent=bidder, amount_sats=amount, until_closed=True)
+            amount = persona_bid_amount(bidder, match, rng)
+            bid_submit(task=task, agent=bidder, amount_sats=amount, match=match, until_closed=True)
         except BidRejected:
             continue  # the auction closed meanwhile, or another process already made this agent bid on it
         made += 1
@@ -163,6 +171,9 @@ def task_post(
     seconds = settings.AUCTION_SECONDS if auction_seconds is None else auction_seconds
     user = posted_by if posted_by is not None and posted_by.is_authenticated else None
     rng = rng or random.Random()
+    # The task is embedded once for all the bidders, and before the transaction: that takes a while.
+    bidders = list(Agent.objects.filter(status=Agent.Status.IDLE, bids_on_tasks=True))
+    [matches] = matching.task_matches([description], matching.competitors(bidders)) if bidders else [{}]
     with transaction.atomic():
         task = Task.objects.create(description=description, posted_by=user)
         log_event(
@@ -183,14 +194,17 @@ def task_post(
             task_id=task.pk,
             data={"auction_seconds": seconds, "closes_at": task.auction_closes_at.isoformat()},  # type: ignore[union-attr]
         )
-        bidders = Agent.objects.filter(status=Agent.Status.IDLE, bids_on_tasks=True)
         for agent in bidders:
-            bid_submit(task=task, agent=agent, amount_sats=persona_bid_amount(agent, description, rng))
+            match = matches[agent.pk]
+            bid_submit(task=task, agent=agent, amount_sats=persona_bid_amount(agent, match, rng), match=match)
     return task
 
 
-def bid_submit(*, task: Task, agent: Agent, amount_sats: int, until_closed: bool = False) -> Bid:
-    """`until_closed`: the auction takes the bid until a worker closes it, even past its closing time."""
+def bid_submit(
+    *, task: Task, agent: Agent, amount_sats: int, match: Match | None = None, until_closed: bool = False
+) -> Bid:
+    """`until_closed`: the auction takes the bid until a worker closes it, even past its closing time. `match`: how
+    well the task matched the agent, recorded with the bid and in its event."""
     if amount_sats < 1:
         raise BidRejected("A bid must be at least 1 sat.")
     now = timezone.now()
@@ -204,7 +218,13 @@ def bid_submit(*, task: Task, agent: Agent, amount_sats: int, until_closed: bool
             raise BidRejected(f"Agent {agent.name} is offline.")
         try:
             with transaction.atomic():
-                bid = Bid.objects.create(task=task, agent=agent, amount_sats=amount_sats, created_at=now)
+                bid = Bid.objects.create(
+                    task=task,
+                    agent=agent,
+                    amount_sats=amount_sats,
+                    match=None if match is None else match.similarity,
+                    created_at=now,
+                )
         except IntegrityError as exc:
             raise BidRejected(f"Agent {agent.name} already bid on task {task.pk}.") from exc
         log_event(
@@ -212,7 +232,11 @@ def bid_submit(*, task: Task, agent: Agent, amount_sats: int, until_closed: bool
             source=SOURCE,
             task_id=task.pk,
             agent_id=agent.pk,
-            data={"agent": agent.name, "amount_sats": amount_sats},
+            data={
+                "agent": agent.name,
+                "amount_sats": amount_sats,
+                **({} if match is None else {"match": round(match.similarity, 3), "rank": match.rank}),
+            },
         )
     return bid
 
@@ -317,6 +341,7 @@ def _auction_close_unbid(*, task: Task, now: datetime) -> Task:
     if not this_round.update(status=Task.Status.FAILED, failure_reason=reason, finished_at=now):
         raise _not_closable(task.pk)
     log_event(EventType.TASK_FAILED, source=SOURCE, task_id=task.pk, data={"reason": reason, "auctions": auctions})
+    logger.warning("task %s failed: %s", task.pk, reason)
     task.status, task.failure_reason, task.finished_at = Task.Status.FAILED, reason, now
     return task
 
@@ -394,12 +419,26 @@ def task_release(*, task_id: int, worker_id: str, reason: str) -> bool:
     return True
 
 
-def task_complete(*, task_id: int, result: str) -> Task:
+def task_wait(*, task_id: int, worker_id: str, holder: str) -> Task:
+    """Keep a running task open while its deliverable is made elsewhere (Forge's change request): the claim passes
+    from this worker to `holder`, with no lease, so neither stale-lease recovery nor this worker's hand-back on stop
+    takes it back. Only task_complete / task_fail with `claimed_by=holder` (or a person, in the admin) end it.
+
+    No event of its own: the caller creates what the task waits on in the same transaction and logs that (a change
+    request's `upgrade.requested` names the task)."""
+    return _transition(
+        task_id, (Task.Status.RUNNING,), where={"claimed_by": worker_id}, claimed_by=holder, lease_expires_at=None
+    )
+
+
+def task_complete(*, task_id: int, result: str, claimed_by: str | None = None) -> Task:
+    """`claimed_by`: only if the task is still held by that claim (a change request finishing Forge's task)."""
     now = timezone.now()
     with transaction.atomic():
         task = _transition(
             task_id,
             (Task.Status.RUNNING,),
+            where={} if claimed_by is None else {"claimed_by": claimed_by},
             status=Task.Status.COMPLETED,
             result=result,
             finished_at=now,
@@ -416,13 +455,15 @@ def task_complete(*, task_id: int, result: str) -> Task:
     return task
 
 
-def task_fail(*, task_id: int, reason: str) -> Task:
+def task_fail(*, task_id: int, reason: str, claimed_by: str | None = None) -> Task:
+    """`claimed_by`: only a running task still held by that claim (see task_complete)."""
     now = timezone.now()
     open_states = tuple(s for s in Task.Status.values if s not in Task.TERMINAL)
     with transaction.atomic():
         task = _transition(
             task_id,
-            open_states,
+            open_states if claimed_by is None else (Task.Status.RUNNING,),
+            where={} if claimed_by is None else {"claimed_by": claimed_by},
             status=Task.Status.FAILED,
             failure_reason=reason,
             finished_at=now,
@@ -436,11 +477,13 @@ def task_fail(*, task_id: int, reason: str) -> Task:
             agent_id=task.assigned_agent_id,
             data={"reason": _preview(reason, 500)},
         )
+    logger.warning("task %s failed: %s", task_id, " ".join(reason.split())[:500] or "no reason given")
     return task
 
 
 def tasks_recover_stale(*, now: datetime | None = None) -> int:
     """Give back tasks whose worker stopped renewing its lease: retried if attempts remain, else failed."""
+    # A task waiting on a change request (task_wait) has no lease: it is never stale, its request ends it.
     now = now or timezone.now()
     stale = list(
         Task.objects.filter(status=Task.Status.RUNNING, lease_expires_at__lt=now).values_list(
@@ -481,13 +524,23 @@ def tasks_recover_stale(*, now: datetime | None = None) -> int:
                     agent_id=agent_id,
                     data={"recovered": True, "reason": reason},
                 )
+                logger.warning("task %s failed: %s", task_id, reason)
         recovered += 1
     return recovered
 
 
 def agents_bring_online(*, source: str) -> int:
-    """The worker hosts the local persona agents: they join when it starts."""
-    return sum(agent_join(agent=agent, source=source) for agent in Agent.objects.filter(status=Agent.Status.OFFLINE))
+    """The worker hosts the local persona agents: they join when it starts, then bid on the open auctions."""
+    # All online before any bids: a bid is priced against the online agents, and the first to join would
+    # otherwise price itself as the best match for every task.
+    joined = [
+        agent
+        for agent in Agent.objects.filter(status=Agent.Status.OFFLINE)
+        if agent_join(agent=agent, source=source, bid_now=False)
+    ]
+    for agent in joined:
+        agent_bid_open_auctions(agent=agent)
+    return len(joined)
 
 
 def agents_take_offline(*, source: str) -> int:

@@ -7,6 +7,7 @@ from apps.core.decorators import staff_required
 from apps.core.selectors import tasks_waiting_without_worker, workers_alive_count
 from apps.core.types import HtmxHttpRequest
 from apps.events.selectors import events_for_task
+from apps.ledger.selectors import task_payment
 from apps.swarm import selectors, services
 from apps.swarm.forms import TaskPostForm
 from apps.swarm.models import Task
@@ -52,5 +53,10 @@ def task_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "swarm/task.html",
-        {"task": task, "events": events_for_task(pk), "waiting_without_worker": waiting_without_worker},
+        {
+            "task": task,
+            "events": events_for_task(pk),
+            "waiting_without_worker": waiting_without_worker,
+            "payment": task_payment(task),
+        },
     )

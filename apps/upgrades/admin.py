@@ -2,15 +2,17 @@
 first, need upgrades.approve_upgrade, and report what they did and what they skipped."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
@@ -19,6 +21,7 @@ from apps.upgrades import sandbox, selectors, services
 from apps.upgrades.models import Upgrade, UpgradeRequest
 
 CONFIRMATION_TEMPLATE = "admin/upgrades/upgrade/action_confirmation.html"
+DECISION_TEMPLATE = "admin/upgrades/upgrade/decision_confirmation.html"
 MAIN_FIELDS = ("description", "instruction", "status", "risk", "auto_approved", "attempts")
 GIT_FIELDS = (
     "repo_path", "target_branch", "branch", "worktree_path", "files_changed", "base_commit", "head_commit",
@@ -133,8 +136,82 @@ class UpgradeAdmin(admin.ModelAdmin):
                 "audit_limit": selectors.AUDIT_LIMIT,
                 "diff_url": reverse("upgrades:diff", args=[upgrade.pk]),
                 "workers_alive": workers_alive_count() if upgrade.rollback_queued else None,
+                # The buttons for this record: only those its state allows, only for those who may use them.
+                "record_actions": self._record_actions(request, upgrade),
             }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    # --- buttons on the change page: one record, confirmed on a page of their own, the same services ---
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        record = [
+            path(
+                f"<path:object_id>/{decision}/",
+                self.admin_site.admin_view(self.decision_view),
+                {"decision": decision},
+                name=f"{info[0]}_{info[1]}_{decision}",
+            )
+            for decision in DECISIONS
+        ]
+        return record + super().get_urls()
+
+    def _record_actions(self, request: HttpRequest, upgrade: Upgrade) -> list[tuple[str, str]]:
+        if not self.has_approve_permission(request):
+            return []
+        return [
+            (reverse(f"admin:upgrades_upgrade_{name}", args=[upgrade.pk]), move.label)
+            for name, move in DECISIONS.items()
+            if not move.refusal(upgrade)
+        ]
+
+    def decision_view(self, request: HttpRequest, object_id: str, decision: str) -> HttpResponse:
+        """GET: what the decision will do, with a confirm button (and a reason for a rejection). POST: the service
+        call, then back to the change page with a message. 403 without the permission the bulk actions need, 404
+        for an unknown upgrade, 409 with the reason when its state does not allow it, 422 for a missing reason."""
+        if not self.has_approve_permission(request):
+            raise PermissionDenied
+        upgrade = self.get_object(request, object_id)
+        if upgrade is None:
+            raise Http404(f"Upgrade {object_id} not found.")
+        move = DECISIONS[decision]
+        refusal = move.refusal(upgrade)
+        reason = request.POST.get("reason", "").strip()
+        if request.method != "POST" or refusal or (move.asks_reason and not reason):
+            status = 409 if refusal else 422 if request.method == "POST" else 200
+            error = refusal or ("Say why the upgrade is rejected." if status == 422 else "")
+            return self._decision_page(request, upgrade, move, error=error, status=status)
+        try:
+            move.run(upgrade_id=upgrade.pk, actor=request.user, reason=reason)
+        except services.UpgradeError as exc:
+            status = 422 if isinstance(exc, services.InvalidUpgrade) else 409
+            return self._decision_page(request, upgrade, move, error=str(exc), status=status)
+        message = move.done.format(pk=upgrade.pk)
+        self.log_change(request, upgrade, f"{move.label}: {reason}" if reason else move.label)
+        self.message_user(request, message, messages.SUCCESS)
+        if decision == "rollback" and not workers_alive_count():
+            self.message_user(request, NO_WORKER, messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:upgrades_upgrade_change", args=[upgrade.pk]))
+
+    def _decision_page(
+        self, request: HttpRequest, upgrade: Upgrade, move: "Decision", *, error: str, status: int
+    ) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{move.label} upgrade {upgrade.pk}?",
+            "opts": self.opts,
+            "original": upgrade,
+            "upgrade": upgrade,
+            "intro": move.intro.format(branch=upgrade.branch, target=upgrade.target_branch),
+            "submit": move.submit,
+            "ask_reason": move.asks_reason,
+            "reason": request.POST.get("reason", ""),
+            "reason_max": services.REASON_MAX,
+            "error": error,
+            "can_move": not move.refusal(upgrade),
+            "change_url": reverse("admin:upgrades_upgrade_change", args=[upgrade.pk]),
+        }
+        return TemplateResponse(request, DECISION_TEMPLATE, context, status=status)
 
     # --- actions: confirm, then one service call per upgrade ---
 
@@ -273,6 +350,51 @@ class UpgradeAdmin(admin.ModelAdmin):
         if queued and not workers_alive_count():
             self.message_user(request, NO_WORKER, messages.WARNING)
         return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: str
+    intro: str
+    submit: str
+    done: str
+    refusal: Callable[[Upgrade], str]  # why this upgrade cannot take it now, "" if it can
+    run: Callable[..., object]
+    asks_reason: bool = False
+
+
+DECISIONS: dict[str, Decision] = {
+    "approve": Decision(
+        label="Approve",
+        intro="Approving it merges branch {branch} into {target}: the worker applies it in a moment. An "
+        "upgrade.approved event records that you approved it.",
+        submit="Yes, approve and merge",
+        done="Approved upgrade {pk}: the worker applies it.",
+        refusal=selectors.upgrade_approve_refusal,
+        run=lambda *, upgrade_id, actor, reason: services.upgrade_approve(upgrade_id=upgrade_id, actor=actor),
+    ),
+    "reject": Decision(
+        label="Reject",
+        intro="Rejecting it means branch {branch} is never merged into {target}; the branch and its worktree are "
+        "removed. The reason is kept with it, and an upgrade.rejected event records that you rejected it.",
+        submit="Yes, reject",
+        done="Rejected upgrade {pk}.",
+        refusal=selectors.upgrade_reject_refusal,
+        run=lambda *, upgrade_id, actor, reason: services.upgrade_reject_and_clean(
+            upgrade_id=upgrade_id, actor=actor, reason=reason
+        ),
+        asks_reason=True,
+    ),
+    "rollback": Decision(
+        label="Roll back",
+        intro="Rolling it back queues a revert of its merge on {target}: the worker commits the revert in a moment "
+        "(the history stays). An upgrade.rollback_requested event records that you asked.",
+        submit="Yes, roll back",
+        done="Rollback of upgrade {pk} queued: a worker reverts it in a moment.",
+        refusal=selectors.upgrade_rollback_refusal,
+        run=lambda *, upgrade_id, actor, reason: services.upgrade_rollback_request(upgrade_id=upgrade_id, actor=actor),
+    ),
+}
 
 
 # What the confirmation page says about an upgrade the action would skip ("" when it would not).

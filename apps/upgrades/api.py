@@ -166,6 +166,23 @@ def upgrade_request_detail(request: HttpRequest, request_id: Id) -> UpgradeReque
     return change
 
 
+@router.post(
+    "/requests/{int:request_id}/retry",
+    response={200: RequestOut, **errors(404, 409)},
+    summary="Queue a failed change request again (attempts reset, error cleared); the worker drafts it anew",
+    description=(
+        "Only a failed request can be retried (409 with its state otherwise). A request drafted for a task that has "
+        "finished since is retried on its own: the task is neither revived nor paid."
+    ),
+)
+def upgrade_request_retry(request: HttpRequest, request_id: Id) -> UpgradeRequest:
+    user = require_staff(request)
+    try:
+        return services.upgrade_request_retry(request_id=request_id, actor=user)
+    except services.UpgradeError as exc:
+        raise _http_error(exc) from exc
+
+
 @router.get(
     "/{int:upgrade_id}",
     response={200: UpgradeDetailOut, **errors(404)},

@@ -3,14 +3,14 @@
 import re
 from dataclasses import dataclass, field
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 
 from apps.events.models import Event
 from apps.upgrades.models import Upgrade, UpgradeRequest
 
 HISTORY_LIMIT = 50
 AUDIT_LIMIT = 200
-FAILED_REQUESTS_LIMIT = 5
+FAILED_REQUESTS_LIMIT = 10
 FINISHED = (
     Upgrade.Status.APPLIED,
     Upgrade.Status.FAILED,
@@ -45,10 +45,33 @@ def upgrade_requests_open() -> list[UpgradeRequest]:
 
 
 def upgrade_requests_failed(*, limit: int = FAILED_REQUESTS_LIMIT) -> list[UpgradeRequest]:
-    """The latest change requests that came to nothing (no usable change, a branch refused by the worker's check),
-    newest first."""
+    """The latest change requests that came to nothing (no usable change, a branch refused by the worker's check,
+    a worker that died too often), newest first: they stay until retried."""
     qs = UpgradeRequest.objects.filter(status=UpgradeRequest.Status.FAILED).select_related("requested_by")
-    return list(qs.order_by("-id")[:limit])
+    return list(qs.order_by(F("finished_at").desc(nulls_last=True), "-id")[:limit])
+
+
+def upgrade_approve_refusal(upgrade: Upgrade) -> str:
+    """Why `upgrade` cannot be approved now (the services' own words), or "" if it can."""
+    if upgrade.status != Upgrade.Status.PROPOSED:
+        return f"Upgrade {upgrade.pk} is {upgrade.status}; only a proposed upgrade can become approved."
+    if not upgrade.tests_passed:
+        return f"Upgrade {upgrade.pk} cannot be approved: its tests did not pass."
+    return ""
+
+
+def upgrade_reject_refusal(upgrade: Upgrade) -> str:
+    if upgrade.status != Upgrade.Status.PROPOSED:
+        return f"Upgrade {upgrade.pk} is {upgrade.status}; only a proposed upgrade can become rejected."
+    return ""
+
+
+def upgrade_rollback_refusal(upgrade: Upgrade) -> str:
+    if upgrade.status != Upgrade.Status.APPLIED:
+        return f"Upgrade {upgrade.pk} is {upgrade.status}; only an applied upgrade can be rolled back."
+    if upgrade.rollback_queued:
+        return f"The rollback of upgrade {upgrade.pk} is already queued."
+    return ""
 
 
 def upgrade_on_branch(*, repo_path: str, branch: str) -> Upgrade | None:

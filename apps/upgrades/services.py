@@ -15,10 +15,12 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.core.leases import LeaseKeeper
 from apps.events.services import clean_multiline_text, log_event
+from apps.swarm import services as swarm_services
 from apps.upgrades import gitops, sandbox
 from apps.upgrades.models import Risk, Upgrade, UpgradeRequest
 
@@ -499,8 +501,55 @@ def upgrade_requests_recover_stale(*, now: datetime | None = None) -> int:
                 task_id=task_id,
                 data={"request_id": request_id, **data, "reason": reason, "recovered": True},
             )
+            if event == "upgrade.request_failed":
+                _request_task_outcome(request_id=request_id, task_id=task_id, upgrade=None, error=reason)
+                logger.warning("change request %s failed: %s", request_id, reason)
         recovered += 1
     return recovered
+
+
+def upgrade_request_retry(*, request_id: int, actor: Any) -> UpgradeRequest:
+    """Queue a failed change request again, as new: no attempts counted, no error. A request drafted for a task
+    that has finished meanwhile (it failed with the draft) leaves that task: the retry is a plain request, and its
+    outcome neither completes nor pays the task."""
+    if actor is None or not actor.is_authenticated or not actor.is_staff:
+        raise UpgradeNotAllowed("Retrying a change request needs a staff user, as asking for one does.")
+    with transaction.atomic():
+        change = UpgradeRequest.objects.select_related("task").filter(pk=request_id).first()
+        if change is None:
+            raise UpgradeNotFound(f"Change request {request_id} not found.")
+        task = change.task
+        # The task's own state is not touched: only the link goes, so that nothing revives the task.
+        detach = task is not None and task.status in task.TERMINAL
+        changes: dict[str, Any] = {
+            "status": UpgradeRequest.Status.QUEUED,
+            "attempts": 0,
+            "error_message": "",
+            "finished_at": None,
+            "claimed_by": "",
+            "lease_expires_at": None,
+        }
+        if detach:
+            changes["task"] = None
+        if not UpgradeRequest.objects.filter(pk=request_id, status=UpgradeRequest.Status.FAILED).update(**changes):
+            change.refresh_from_db()
+            raise UpgradeWrongState(
+                f"Change request {request_id} is {change.status}; only a failed request can be retried."
+            )
+        log_event(
+            "upgrade.request_retried",
+            source=SOURCE,
+            task_id=change.task_id,
+            data={
+                "request_id": request_id,
+                "by": _actor_name(actor),
+                "previous_error": change.error_message[:REASON_MAX],
+                "previous_attempts": change.attempts,
+                **({"detached_from_task": True} if detach else {}),
+            },
+        )
+        change.refresh_from_db()
+    return change
 
 
 # --- Git-backed moves (outside transactions: git is slow, and a failed git step must not roll back the record) ---
@@ -665,6 +714,7 @@ def upgrades_recover_stale(*, worker_id: str, now: datetime | None = None) -> in
         try:
             if done is None:
                 upgrade_mark_failed(upgrade_id=upgrade_id, reason=reason, worker_id=worker_id)
+                logger.warning("upgrade %s was not applied: %s", upgrade_id, reason)
             else:
                 applied = upgrade_mark_applied(
                     upgrade_id=upgrade_id,
@@ -930,6 +980,7 @@ def upgrade_rollbacks_recover_stale(*, worker_id: str, now: datetime | None = No
         try:
             if revert is None:
                 upgrade_rollback_fail(upgrade_id=upgrade_id, reason=reason, worker_id=worker_id)
+                logger.warning("upgrade %s was not rolled back: %s", upgrade_id, reason)
             else:
                 upgrade_mark_rolled_back(
                     upgrade_id=upgrade_id,
@@ -994,9 +1045,36 @@ def _roll_back(upgrade: Upgrade, *, worker_id: str) -> Upgrade:
     return upgrade_mark_rolled_back(upgrade_id=upgrade.pk, revert_commit=revert, actor=actor, worker_id=worker_id)
 
 
+def request_task_claim(request_id: int) -> str:
+    """What a swarm task waiting on change request `request_id` is claimed by (swarm.services.task_wait)."""
+    return f"change-request {request_id}"
+
+
+def _request_task_outcome(*, request_id: int, task_id: int | None, upgrade: Upgrade | None, error: str) -> None:
+    """Complete the swarm task that waits on this request with the upgrade it proposed, or fail it with the drafting
+    error. A task no longer waiting on it (failed in the admin, or already ended by an earlier outcome of a retried
+    request) is left as it is."""
+    if task_id is None:
+        return
+    claim = request_task_claim(request_id)
+    try:
+        if upgrade is not None:
+            tests = "its tests pass" if upgrade.tests_passed else "its tests FAIL"
+            result = (
+                f"Proposed upgrade {upgrade.pk}: {upgrade.description} ({tests}). Review it at "
+                f"{reverse('upgrades:diff', args=[upgrade.pk])}: it is merged only once a person approves it."
+            )
+            swarm_services.task_complete(task_id=task_id, result=result, claimed_by=claim)
+        else:
+            reason = f"Change request {request_id} failed: {error or 'no upgrade was proposed'}"
+            swarm_services.task_fail(task_id=task_id, reason=reason, claimed_by=claim)
+    except (swarm_services.TaskWrongState, swarm_services.TaskNotFound) as exc:
+        logger.info("task %s is no longer waiting on change request %s (%s)", task_id, request_id, exc)
+
+
 def upgrade_request_finish(*, request: UpgradeRequest, upgrade: Upgrade | None = None, error: str = "") -> None:
     """Record the draft's outcome, unless the worker that claimed `request` lost it meanwhile (UpgradeClaimLost:
-    it stalled past its lease and the request was given back)."""
+    it stalled past its lease and the request was given back). The task waiting on it, if any, ends with it."""
     status = UpgradeRequest.Status.DONE if upgrade is not None else UpgradeRequest.Status.FAILED
     with transaction.atomic():
         if not UpgradeRequest.objects.filter(
@@ -1016,3 +1094,4 @@ def upgrade_request_finish(*, request: UpgradeRequest, upgrade: Upgrade | None =
                 task_id=request.task_id,
                 data={"request_id": request.pk, "reason": error[:REASON_MAX]},
             )
+        _request_task_outcome(request_id=request.pk, task_id=request.task_id, upgrade=upgrade, error=error)

@@ -2,6 +2,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -29,6 +30,7 @@ def _page(
         "history_limit": selectors.HISTORY_LIMIT,
         "requests": selectors.upgrade_requests_open(),
         "failed_requests": selectors.upgrade_requests_failed(),
+        "failed_limit": selectors.FAILED_REQUESTS_LIMIT,
         "request_form": request_form or RequestForm(),
         "branch_form": branch_form or BranchForm(),
         "can_approve": request.user.has_perm(services.APPROVE_PERMISSION),
@@ -54,8 +56,25 @@ def queue(request: HttpRequest) -> HttpResponse:
 @staff_required
 @require_safe
 def diff(request: HttpRequest, pk: int) -> HttpResponse:
-    upgrade = get_object_or_404(Upgrade, pk=pk)
-    return render(request, "upgrades/diff.html", {"upgrade": upgrade, "files": selectors.diff_files(upgrade.diff)})
+    return _diff_page(request, get_object_or_404(_with_people(), pk=pk))
+
+
+def _with_people() -> QuerySet[Upgrade]:
+    return Upgrade.objects.select_related("approved_by", "rejected_by", "rollback_requested_by")
+
+
+def _diff_page(request: HttpRequest, upgrade: Upgrade, *, status: int = 200, reject_error: str = "") -> HttpResponse:
+    context = {
+        "upgrade": upgrade,
+        "files": selectors.diff_files(upgrade.diff),
+        "tests": upgrade.test_results or {},
+        "can_approve": request.user.has_perm(services.APPROVE_PERMISSION),
+        "approve_refusal": selectors.upgrade_approve_refusal(upgrade),
+        "reject_refusal": selectors.upgrade_reject_refusal(upgrade),
+        "reject_error": reject_error,
+        "reason_max": services.REASON_MAX,
+    }
+    return render(request, "upgrades/diff.html", context, status=status)
 
 
 @staff_required
@@ -100,9 +119,25 @@ def propose_branch(request: HttpRequest) -> HttpResponse:
     return redirect(reverse("upgrades:queue") + "#upgrade-requests")
 
 
+def _from_diff(request: HttpRequest) -> bool:
+    # Where the decision was made: its answers (errors too) go back there.
+    return request.POST.get("next") == "diff"
+
+
+def _decision_refused(
+    request: HttpRequest, pk: int, *, status: int, error: str = "", reject_error: str = ""
+) -> HttpResponse:
+    if error:
+        messages.error(request, error)
+    if _from_diff(request):
+        return _diff_page(request, get_object_or_404(_with_people(), pk=pk), status=status, reject_error=reject_error)
+    return _page(request, status=status, reject_id=pk if reject_error else None, reject_error=reject_error)
+
+
 def _decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     """Approve or reject: 403 without the permission, 404 for an unknown upgrade, 409 when it cannot move, 422 for
-    a rejection without a reason; otherwise back to the queue with a message."""
+    a rejection without a reason. An approval is first shown for confirmation (what will be merged where) and made
+    only when that page is submitted (`confirm=yes`). Then back to the page it was decided on, with a message."""
     if not request.user.has_perm(services.APPROVE_PERMISSION):
         return _refused(
             request, "Approving or rejecting upgrades needs the permission upgrades.approve_upgrade.", status=403
@@ -114,8 +149,15 @@ def _decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
             if not Upgrade.objects.filter(pk=pk).exists():
                 raise Http404(f"Upgrade {pk} not found.")
             error = " ".join(str(message) for message in form.errors["reason"])
-            return _page(request, status=422, reject_id=pk, reject_error=error)
+            return _decision_refused(request, pk, status=422, reject_error=error)
         reason = form.cleaned_data["reason"]
+    elif request.POST.get("confirm") != "yes":
+        upgrade = get_object_or_404(_with_people(), pk=pk)
+        refusal = selectors.upgrade_approve_refusal(upgrade)
+        if refusal:
+            return _decision_refused(request, pk, status=409, error=f"Upgrade {pk} was not approved: {refusal}")
+        context = {"upgrade": upgrade, "next": "diff" if _from_diff(request) else "queue"}
+        return render(request, "upgrades/approve_confirm.html", context)
     try:
         if decision == "approve":
             upgrade = services.upgrade_approve(upgrade_id=pk, actor=request.user)
@@ -126,10 +168,9 @@ def _decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     except services.UpgradeNotAllowed as exc:
         return _refused(request, str(exc), status=403)
     except services.InvalidUpgrade as exc:
-        return _page(request, status=422, reject_id=pk, reject_error=str(exc))
+        return _decision_refused(request, pk, status=422, reject_error=str(exc))
     except services.UpgradeError as exc:  # wrong state, failing tests
-        messages.error(request, f"Upgrade {pk} was not {decision}d: {exc}")
-        return _page(request, status=409)
+        return _decision_refused(request, pk, status=409, error=f"Upgrade {pk} was not {decision}d: {exc}")
     what = Truncator(upgrade.description).chars(80)
     if decision == "approve":
         messages.success(
@@ -137,6 +178,8 @@ def _decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
         )
     else:
         messages.success(request, f"Rejected upgrade {pk} (“{what}”). Reason: {upgrade.rejection_reason}")
+    if _from_diff(request):
+        return redirect("upgrades:diff", pk=pk)
     return redirect("upgrades:queue")
 
 
@@ -150,3 +193,22 @@ def approve(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def reject(request: HttpRequest, pk: int) -> HttpResponse:
     return _decide(request, pk, "reject")
+
+
+@staff_required
+@require_POST
+def retry_request(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        change = services.upgrade_request_retry(request_id=pk, actor=request.user)
+    except services.UpgradeNotFound as exc:
+        raise Http404(str(exc)) from exc
+    except services.UpgradeNotAllowed as exc:
+        return _refused(request, str(exc), status=403)
+    except services.UpgradeError as exc:  # not failed (any more)
+        messages.error(request, f"Change request {pk} was not retried: {exc}")
+        return _page(request, status=409)
+    messages.success(
+        request,
+        f"Change request {change.pk} is queued again: the worker drafts it anew, with a fresh count of attempts.",
+    )
+    return redirect(reverse("upgrades:queue") + "#upgrade-requests")

@@ -2,7 +2,7 @@
 recover the work of workers that died, time out old proposals, prune old history. Jobs (WORKER_JOBS, run in the
 worker's pool): draft requested changes, apply approved upgrades, roll back applied ones."""
 
-import contextlib
+import logging
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -11,7 +11,10 @@ from apps.core.leases import LeaseKeeper
 from apps.core.services import worker_default_id
 from apps.core.worker import at_most_every
 from apps.upgrades import gitops, loop, services
-from apps.upgrades.models import UpgradeRequest
+from apps.upgrades.models import Upgrade, UpgradeRequest
+
+# The worker's log: one warning for each request, apply and rollback that fails (the reason is on the record too).
+logger = logging.getLogger("timmy.worker")
 
 
 def recover_stale_upgrades(now: datetime) -> int:
@@ -58,8 +61,12 @@ def _draft(request: UpgradeRequest, worker_id: str) -> None:
         except (services.UpgradeError, gitops.GitOpsError) as exc:
             error = str(exc)
     # Stalled past the lease (or handed back as the worker stopped): whoever has it now finishes it.
-    with contextlib.suppress(services.UpgradeClaimLost):
+    try:
         services.upgrade_request_finish(request=request, upgrade=upgrade, error=error)
+    except services.UpgradeClaimLost:
+        return
+    if upgrade is None:
+        logger.warning("change request %s failed: %s", request.pk, _one_line(error))
 
 
 def claim_approved_upgrade(worker_id: str) -> Job | None:
@@ -69,7 +76,7 @@ def claim_approved_upgrade(worker_id: str) -> Job | None:
         return None
     return Job(
         name=f"upgrade {upgrade.pk}",
-        run=partial(services.upgrade_apply, upgrade=upgrade),
+        run=partial(_apply, upgrade),
         release=partial(
             services.upgrade_release,
             upgrade_id=upgrade.pk,
@@ -79,6 +86,13 @@ def claim_approved_upgrade(worker_id: str) -> Job | None:
     )
 
 
+def _apply(upgrade: Upgrade) -> Upgrade:
+    done = services.upgrade_apply(upgrade=upgrade)
+    if done.status == Upgrade.Status.FAILED:
+        logger.warning("upgrade %s was not applied: %s", done.pk, _one_line(done.error_message))
+    return done
+
+
 def claim_rollback(worker_id: str) -> Job | None:
     """Claim the oldest queued rollback, as a job that reverts the upgrade's merge."""
     upgrade = services.upgrade_rollback_claim(worker_id=worker_id)
@@ -86,7 +100,7 @@ def claim_rollback(worker_id: str) -> Job | None:
         return None
     return Job(
         name=f"rollback of upgrade {upgrade.pk}",
-        run=partial(services.upgrade_rollback_run, upgrade=upgrade),
+        run=partial(_roll_back, upgrade),
         release=partial(
             services.upgrade_rollback_release,
             upgrade_id=upgrade.pk,
@@ -94,6 +108,19 @@ def claim_rollback(worker_id: str) -> Job | None:
             reason=RELEASED.format(worker=worker_id),
         ),
     )
+
+
+def _roll_back(upgrade: Upgrade) -> Upgrade:
+    done = services.upgrade_rollback_run(upgrade=upgrade)
+    # A failed rollback leaves the upgrade applied, no longer queued, with the reason; one handed back stays queued.
+    if done.status == Upgrade.Status.APPLIED and not done.rollback_queued and done.rollback_error:
+        logger.warning("upgrade %s was not rolled back: %s", done.pk, _one_line(done.rollback_error))
+    return done
+
+
+def _one_line(reason: str) -> str:
+    # A reason may hold test output or git's message over many lines: the log keeps one line per failure.
+    return " ".join(reason.split())[:500] or "no reason recorded"
 
 
 def run_upgrade_requests(now: datetime) -> int:

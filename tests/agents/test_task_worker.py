@@ -15,7 +15,7 @@ from apps.agents.worker import run_assigned_tasks
 from apps.core.services import worker_default_id
 from apps.events.models import Event, EventType
 from apps.swarm.models import Agent, Task
-from apps.swarm.services import TaskWrongState, task_fail, task_start, tasks_recover_stale
+from apps.swarm.services import TaskWrongState, task_fail, task_release, task_start, tasks_recover_stale
 from apps.upgrades.models import UpgradeRequest
 from tests.factories import TaskFactory
 from tests.swarm.helpers import event_types, events_of
@@ -57,13 +57,19 @@ def test_the_winning_personas_prompt_and_the_task_go_to_the_model(personas, olla
     ]
 
 
-def test_forges_code_task_becomes_a_change_request_for_the_upgrade_queue(personas, ollama, settings):
+def test_forges_code_task_becomes_a_change_request_and_waits_on_it_running_with_forge_busy(personas, ollama, settings):
     task = assigned(personas["forge"], "Fix the off-by-one bug in the pager")
     assert run_assigned_tasks(timezone.now()) == 1
     task.refresh_from_db()
     request = UpgradeRequest.objects.get(task=task)
     assert (request.instruction, request.status) == ("Fix the off-by-one bug in the pager", "queued")
-    assert task.status == Task.Status.COMPLETED and f"change request {request.pk}" in task.result
+    # Not completed (nor paid) until the request proposes an upgrade: held by the request, with no lease to run out.
+    assert (task.status, task.result) == (Task.Status.RUNNING, "")
+    assert (task.claimed_by, task.lease_expires_at) == (f"change-request {request.pk}", None)
+    assert status_of(personas["forge"]) == Agent.Status.BUSY
+    assert tasks_recover_stale(now=timezone.now() + timedelta(days=1)) == 0
+    assert not task_release(task_id=task.pk, worker_id=worker_default_id(), reason="stopping")
+    assert Task.objects.get(pk=task.pk).status == Task.Status.RUNNING
     assert ollama.chats == []  # the self-modify loop asks the model, in its own step
     settings.FORGE_PROPOSES_UPGRADES = False
     assigned(personas["forge"], "Fix the pager again")

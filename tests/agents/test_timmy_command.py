@@ -1,8 +1,12 @@
+import html
 import re
+import shlex
+import subprocess
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from apps.agents.models import ChatMessage, ChatSession
 from apps.agents.services import chat_send
@@ -139,3 +143,22 @@ def test_timmy_answers_paris_from_a_shell_on_a_fresh_install(transactional_db, r
     assert "— embedded · SmolLM2-135M-Instruct" in result.stderr
     reply = ChatMessage.objects.get(role=ChatMessage.Role.ASSISTANT)
     assert result.stdout == reply.content + "\n"
+
+
+def test_the_chat_pages_terminal_hint_runs_as_printed_and_continues_that_conversation(
+    transactional_db, subprocess_env, ollama, tmp_path
+):
+    user = UserFactory(username="ada", is_staff=True)
+    first = chat_send(user=user, message="My name is Ada.")
+    client = Client()
+    client.force_login(user)
+    page = client.get(f"/chat/{first.session_id}").content.decode()
+    hint = re.search(r'<code class="terminal-command">([^<]+)</code>', page)
+    assert hint, page
+    command = shlex.split(html.unescape(hint.group(1)))
+    # Pasted into a shell in any directory, not only the project's (the environment names the test's database).
+    result = subprocess.run(command, cwd=tmp_path, env=subprocess_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Echo: Hi again\n"
+    assert session_of(result.stderr) == first.session_id
+    assert ChatSession.objects.get().messages.count() == 4

@@ -196,12 +196,26 @@ def model_host_health(socket_path: Path) -> dict[str, Any] | None:
         return None
 
 
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (a local URL)
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def test_serve_runs_the_dashboard_the_worker_and_the_model_host_preloading_and_stops_all_on_sigterm(
     transactional_db, subprocess_env
 ):
     port = free_port()
     login = f"http://127.0.0.1:{port}/accounts/login/"
-    env, socket_path = model_host_env(subprocess_env, PRELOAD_MODELS="1", LOG_LEVEL="INFO")
+    # As `make run` runs it: DEBUG off, no secret key configured (one is generated into the data dir).
+    env, socket_path = model_host_env(
+        {k: v for k, v in subprocess_env.items() if k != "DJANGO_SECRET_KEY"},
+        PRELOAD_MODELS="1",
+        LOG_LEVEL="INFO",
+        DJANGO_DEBUG="0",
+    )
     log = (socket_path.parent / "serve.log").open("w+")
     proc = start_serve(port, env, log=log)
     preloaded = "embedding model all-MiniLM-L6-v2 loaded in"
@@ -219,6 +233,12 @@ def test_serve_runs_the_dashboard_the_worker_and_the_model_host_preloading_and_s
             assert time.monotonic() < deadline, f"serve did not start within 90 s:\n{Path(log.name).read_text()}"
             time.sleep(0.2)
         children = children_of(proc.pid)
+        # A wrong address gets the site's own page, not Django's debug page listing every URL pattern.
+        status, body = http_get(f"http://127.0.0.1:{port}/no/such/page")
+        assert status == 404 and "Nothing here" in body
+        assert "URLconf" not in body and "admin/" not in body
+        # whitenoise serves the stylesheet with DEBUG off, no collectstatic step.
+        assert http_status(f"http://127.0.0.1:{port}/static/css/timmy.css") == 200
         beat = WorkerHeartbeat.objects.get()
         assert beat.stopped_at is None
         health = model_host_health(socket_path)

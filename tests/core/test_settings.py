@@ -52,11 +52,13 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_production_refuses_to_start_without_a_secret_key(tmp_path):
-    result = manage(clean_env(tmp_path, DJANGO_DEBUG="0"), "check")
-    assert result.returncode != 0
-    assert "DJANGO_SECRET_KEY is not set" in result.stderr
-    assert not (tmp_path / "secret_key").exists()
+def test_without_debug_and_without_a_configured_key_a_key_is_generated_into_the_data_dir(tmp_path):
+    env = clean_env(tmp_path, DJANGO_DEBUG="0")
+    result = manage(env, "check")
+    assert result.returncode == 0, result.stderr
+    key_file = tmp_path / "secret_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert probe(env)[0] == key_file.read_text().strip()
 
 
 def test_production_starts_with_a_secret_key_from_the_environment(tmp_path):
@@ -67,7 +69,7 @@ def test_production_starts_with_a_secret_key_from_the_environment(tmp_path):
     assert not (tmp_path / "secret_key").exists()
 
 
-def test_debug_mode_generates_a_secret_key_once_and_reuses_it(tmp_path):
+def test_a_generated_secret_key_is_made_once_and_reused(tmp_path):
     env = clean_env(tmp_path)
     first = probe(env)[0]
     key_file = tmp_path / "secret_key"

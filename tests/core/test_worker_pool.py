@@ -17,6 +17,7 @@ from apps.providers.models import Provider
 from apps.swarm.models import Agent, Task
 from apps.swarm.services import task_post
 from tests.factories import AgentFactory, TaskFactory
+from tests.ledger.helpers import fund_wallet
 from tests.llm_servers import OllamaServer
 from tests.providers.factories import ProviderFactory
 
@@ -132,7 +133,8 @@ def test_a_task_posted_before_any_worker_runs_completes_once_one_starts(slow_mod
     assert task.assigned_agent is not None and task.assigned_agent.name == "ada"
 
 
-def test_sigterm_during_a_task_hands_it_to_a_second_worker_at_once_and_it_is_paid_once(slow_model, workers):
+def test_sigterm_during_a_task_hands_it_to_a_second_worker_at_once_and_it_is_paid_once(slow_model, workers, tmp_path):
+    fund_wallet(1000, node_dir=tmp_path / "node")  # the winner is paid only from funds the wallet holds
     agent = AgentFactory(name="ada", status=Agent.Status.OFFLINE)
     first = workers("first", WORKER_GRACE_SECONDS="1")
     wait_for(lambda: online(agent), 30, "the agent to come online")
@@ -164,7 +166,8 @@ def test_sigterm_during_a_task_hands_it_to_a_second_worker_at_once_and_it_is_pai
     assert LedgerEntry.objects.filter(task=task).count() == 1
 
 
-def test_kill_9_during_a_task_resumes_it_once_on_another_worker_and_pays_once(slow_model, workers):
+def test_kill_9_during_a_task_resumes_it_once_on_another_worker_and_pays_once(slow_model, workers, tmp_path):
+    fund_wallet(1000, node_dir=tmp_path / "node")  # the winner is paid only from funds the wallet holds
     agent = AgentFactory(name="ada", status=Agent.Status.OFFLINE)
     lease = {"TASK_LEASE_SECONDS": "3"}
     doomed = workers("doomed", **lease)

@@ -57,6 +57,7 @@ WORKER_ONCE_SECONDS = 30.0
 # Playwright's own waits (actions, expect, navigation), in milliseconds.
 ACTION_TIMEOUT_MS = 5_000
 NAVIGATION_TIMEOUT_MS = 10_000
+POST_TASK_TIMEOUT_MS = 30_000
 
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
@@ -367,7 +368,9 @@ def post_task(page: Page, description: str) -> Task:
     """Post a task through the form on /swarm/ and return it as stored."""
     page.goto("/swarm/")
     page.get_by_label("Description").fill(description)
-    page.get_by_role("button", name="Post task").click()
+    # Posting embeds the task for the agents' bids: the first post may wait for daphne to load the embedding model
+    # (PRELOAD_MODELS is off in tests), seconds on a busy machine.
+    page.get_by_role("button", name="Post task").click(timeout=POST_TASK_TIMEOUT_MS)
     message = page.locator(".messages li").filter(has_text="posted")
     expect(message).to_be_visible()
     match = re.search(r"Task (\d+) posted", message.inner_text())

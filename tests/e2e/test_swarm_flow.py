@@ -1,5 +1,6 @@
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,6 +13,7 @@ from apps.swarm import services
 from apps.swarm.models import Agent, Task
 from tests.e2e.conftest import SUBPROCESS_SETTINGS, Worker, event_rows, post_task
 from tests.factories import AgentFactory
+from tests.ledger.helpers import fund_wallet
 from tests.llm_servers import OllamaServer
 from tests.providers.factories import ProviderFactory
 
@@ -34,11 +36,19 @@ def model_server(transactional_db: None) -> Iterator[OllamaServer]:
 
 
 def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(
-    staff_page: Page, worker: Worker, model_server: OllamaServer
+    staff_page: Page, worker: Worker, model_server: OllamaServer, tmp_path: Path
 ):
     page = staff_page
-    researcher = AgentFactory(status=Agent.Status.IDLE, keywords=["research"], base_bid_sats=50)
-    AgentFactory(status=Agent.Status.IDLE, keywords=["code"], base_bid_sats=100)
+    fund_wallet(1000, node_dir=tmp_path / "node")  # the winner is paid only from funds the wallet holds
+    researcher = AgentFactory(
+        status=Agent.Status.IDLE, description="Research: finds and summarises sources.", base_bid_sats=50
+    )
+    AgentFactory(
+        status=Agent.Status.IDLE,
+        description="Code: writes and fixes programs.",
+        capabilities=["coding"],
+        base_bid_sats=100,
+    )
     other = services.task_post(description="Someone else's task", auction_seconds=600)
 
     task = post_task(page, "Research the history of the sat")
@@ -67,7 +77,7 @@ def test_task_posted_on_the_page_is_created_then_assigned_in_the_event_log(
         event_rows(page).filter(has_text="task.assigned").filter(has=page.locator(f'a[href="?task_id={task.pk}"]'))
     )
     expect(assigned).to_have_count(1)
-    expect(assigned).to_contain_text(researcher.name)  # the lowest bid: 50 sats on its speciality
+    expect(assigned).to_contain_text(researcher.name)  # the best match bids its base price, 50 sats: the lowest
     expect(assigned).to_contain_text('"amount_sats": 50')
     # The page also shows events of other tasks and of no task until it is filtered.
     expect(event_rows(page).filter(has=page.locator(f'a[href="?task_id={other.pk}"]')).first).to_be_visible()

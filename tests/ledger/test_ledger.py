@@ -193,6 +193,8 @@ def test_the_balance_follows_adr_018(transactional_db, dev_node):
 
 
 def test_a_completed_task_pays_its_winner_the_bid_once_and_a_failed_task_nothing(transactional_db, dev_node):
+    funds = invoice(100)
+    services.mark_settled(payment_hash=funds.payment_hash, preimage=dev_node.simulate_payment(funds.payment_hash))
     agent = AgentFactory(name="paid-agent")
     done = TaskFactory(
         status=Task.Status.COMPLETED, assigned_agent=agent, winning_bid_sats=42, finished_at=timezone.now()
@@ -200,7 +202,8 @@ def test_a_completed_task_pays_its_winner_the_bid_once_and_a_failed_task_nothing
     TaskFactory(status=Task.Status.FAILED, assigned_agent=agent, winning_bid_sats=99, finished_at=timezone.now())
     assert worker.pay_completed_tasks(timezone.now()) == 1
     assert worker.pay_completed_tasks(timezone.now()) == 0
-    [payment] = LedgerEntry.objects.all()
+    [payment] = LedgerEntry.objects.filter(tx_type=TxType.OUTGOING)
     assert (payment.tx_type, payment.status, payment.amount_sats) == (TxType.OUTGOING, TxStatus.SETTLED, 42)
     assert (payment.task_id, payment.agent_id) == (done.pk, agent.pk)
     assert services.get_balance()["outgoing_total_sats"] == 42
+    assert services.get_balance()["available_sats"] == 58

@@ -3,7 +3,8 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.events.models import EventType
-from apps.swarm.models import Task
+from apps.swarm.models import Agent, Task
+from apps.swarm.services import agents_bring_online, task_post
 from tests.factories import AgentFactory, BidFactory, StaffFactory, TaskFactory
 from tests.swarm.helpers import events_of
 
@@ -74,3 +75,29 @@ def test_the_admin_lists_of_the_swarm_render(admin_client):
     BidFactory()
     for name in ("task", "agent", "bid"):
         assert admin_client.get(reverse(f"admin:swarm_{name}_changelist")).status_code == 200
+
+
+def test_an_operator_edits_a_personas_profile_in_the_admin_and_its_next_bid_uses_it(admin_client):
+    helm = Agent.objects.get(name="helm")
+    url = reverse("admin:swarm_agent_change", args=[helm.pk])
+    page = admin_client.get(url).content.decode()
+    assert "Typical tasks:" in page
+    assert "tasks are matched with this by meaning" in page
+    form = {
+        "name": "helm",
+        "persona": "helm",
+        "bids_on_tasks": "on",
+        "description": "Baking: breads and cakes.",
+        "capabilities": '["baking"]',
+        "keywords": '["bread"]',
+        "profile": "Bakes bread.\n- Bake a sourdough loaf",
+        "base_bid_sats": "110",
+        "bid_jitter_sats": "0",
+        "off_topic_multiplier": "3",
+    }
+    response = admin_client.post(url, form)
+    assert response.status_code == 302, response.content.decode()
+    agents_bring_online(source="test")
+    task = task_post(description="Bake a sourdough loaf for the weekend")
+    assert task.bids.order_by("amount_sats").first().agent.name == "helm"
+    assert task.bids.get(agent__name="helm").amount_sats == 110

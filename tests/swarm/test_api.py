@@ -88,7 +88,10 @@ def test_one_task_comes_with_its_bids_lowest_first(api_client, personas):
     assert bids[0]["agent"] == "echo"
     assert bids[0]["amount_sats"] == task.winning_bid_sats
     assert [b["amount_sats"] for b in bids] == sorted(b["amount_sats"] for b in bids)
-    assert set(bids[0]) == {"agent_id", "agent", "amount_sats", "created_at"}
+    assert set(bids[0]) == {"agent_id", "agent", "amount_sats", "match", "created_at"}
+    # How well the task matched each bidder: the researcher best.
+    assert bids[0]["match"] == max(b["match"] for b in bids)
+    assert all(-1 <= b["match"] <= 1 for b in bids)
 
 
 def test_a_missing_task_is_a_404_in_json(api_client):
@@ -110,6 +113,7 @@ def test_the_agents_endpoint_lists_the_registry_with_wins(api_client, personas):
     assert echo["persona"] == "echo"
     assert "research" in echo["capabilities"]
     assert "research" in echo["keywords"]
+    assert "Typical tasks" in echo["profile"]
     assert echo["base_bid_sats"] == 80
     assert echo["last_seen"] is not None
     assert agents["forge"]["wins"] == 0

@@ -88,7 +88,8 @@ def test_an_agent_coming_online_bids_on_an_auction_that_has_not_closed_yet(nobod
     [bid] = task.bids.all()
     assert bid.agent == echo
     [event] = events_of(task, EventType.BID_SUBMITTED)
-    assert event.data == {"agent": "echo", "amount_sats": bid.amount_sats}
+    # Alone online, echo is the best match there is: rank 1.
+    assert event.data == {"agent": "echo", "amount_sats": bid.amount_sats, "match": bid.match, "rank": 1}
     assert close(task).assigned_agent == echo
 
 

@@ -30,8 +30,16 @@ from tests.swarm.helpers import after_auction, event_types, events_of
 def agents(db):
     """Two idle agents whose bids are predictable: no jitter, one a researcher, one a coder."""
     return {
-        "ada": AgentFactory(name="ada", keywords=["research"], base_bid_sats=50),
-        "bob": AgentFactory(name="bob", keywords=["code"], base_bid_sats=40),
+        "ada": AgentFactory(
+            name="ada", description="Research: finds and summarises sources.", keywords=["research"], base_bid_sats=50
+        ),
+        "bob": AgentFactory(
+            name="bob",
+            description="Code: writes and fixes programs.",
+            capabilities=["coding"],
+            keywords=["code"],
+            base_bid_sats=40,
+        ),
     }
 
 
@@ -61,7 +69,12 @@ def test_posting_a_task_logs_created_bidding_and_every_bid(agents):
         EventType.BID_SUBMITTED,
     ]
     bid_events = {e.data["agent"]: e for e in events_of(task, EventType.BID_SUBMITTED)}
-    assert {name: e.data["amount_sats"] for name, e in bid_events.items()} == {"ada": 50, "bob": 120}
+    # The researcher matches best and bids its base; the coder more than its base (40), up to three times it.
+    amounts = {name: e.data["amount_sats"] for name, e in bid_events.items()}
+    assert amounts["ada"] == 50
+    assert 50 < amounts["bob"] <= 120
+    assert bid_events["ada"].data["rank"] == 1 and bid_events["bob"].data["rank"] == 2
+    assert bid_events["ada"].data["match"] > bid_events["bob"].data["match"]
     assert bid_events["ada"].agent_id == str(agents["ada"].pk)
     assert events_of(task, EventType.TASK_BIDDING)[0].data["auction_seconds"] > 0
 
@@ -154,7 +167,7 @@ def test_a_bid_of_zero_sats_is_refused(agents):
 
 
 def test_the_lowest_bid_wins_and_the_assignment_is_logged(agents):
-    task = task_post(description="Research lightning channels")  # ada 50, bob 120
+    task = task_post(description="Research lightning channels")  # ada 50, bob more
     task = assigned(task)
     assert task.status == Task.Status.ASSIGNED
     assert task.assigned_agent == agents["ada"]

@@ -156,6 +156,12 @@ def test_the_task_page_shows_the_task_its_bids_and_its_events(staff_client, staf
     assert '<span class="badge status-assigned">assigned</span>' in html
     assert f"echo for {task.winning_bid_sats} sats" in html
     assert html.count("sats</strong> by") == 6
+    # Each bid says how well the task matched the bidder.
+    for bid in task.bids.all():
+        assert (
+            f'by {bid.agent.name} at {bid.created_at:%H:%M:%S} <span class="muted bid-match">match {bid.match:.3f}'
+            in html
+        )
     for event_type in (EventType.TASK_CREATED, EventType.TASK_BIDDING, EventType.TASK_ASSIGNED):
         assert f'<code class="etype">{event_type}</code>' in html
 

@@ -71,13 +71,12 @@ def model(db) -> Iterator[Callable[..., OllamaServer]]:
         server.__exit__(None, None, None)
 
 
-@pytest.fixture
-def approved(repo: Path, tmp_path: Path, reviewer) -> Upgrade:
-    """An approved upgrade on its own branch and worktree, as the self-modify loop leaves it."""
+def propose_sub(repo: Path, tmp_path: Path, test_results: dict[str, object] | None = None) -> Upgrade:
+    """A proposed upgrade that adds `sub` on its own branch and worktree, as the self-modify loop leaves it."""
     worktree = propose(repo, tmp_path, [gitops.FileEdit("pkg/calc.py", SUB)], branch="self-modify/add-sub-1")
     base, head = gitops.head_sha(repo, "main"), gitops.head_sha(repo, "self-modify/add-sub-1")
     summary = gitops.diff_summary(repo, base, head)
-    upgrade = services.upgrade_propose(
+    return services.upgrade_propose(
         proposal=services.Proposal(
             description="Add sub",
             instruction="Add sub",
@@ -91,7 +90,13 @@ def approved(repo: Path, tmp_path: Path, reviewer) -> Upgrade:
             diff=summary.diff,
             diff_preview=summary.preview,
             risk="medium",
-            test_results={"passed": True},
+            test_results=test_results or {"passed": True},
         )
     )
+
+
+@pytest.fixture
+def approved(repo: Path, tmp_path: Path, reviewer) -> Upgrade:
+    """An approved upgrade on its own branch and worktree, as the self-modify loop leaves it."""
+    upgrade = propose_sub(repo, tmp_path)
     return services.upgrade_approve(upgrade_id=upgrade.pk, actor=reviewer)

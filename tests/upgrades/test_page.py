@@ -154,7 +154,7 @@ def test_the_diff_of_an_unknown_upgrade_is_404(staff_client, db):
 
 def test_approving_redirects_to_the_queue_with_a_message(reviewer_client):
     upgrade = propose()
-    response = reviewer_client.post(approve_url(upgrade.pk))
+    response = reviewer_client.post(approve_url(upgrade.pk), {"confirm": "yes"})
     assert response.status_code == 302 and response.url == QUEUE
     [message] = messages_of(response)
     assert message == f"Approved upgrade {upgrade.pk} (“Add a greeting”): the worker applies it to main."
