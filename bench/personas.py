@@ -12,6 +12,8 @@ compared with the persona an operator would pick. That is repeated for --seeds j
   when the task contains one of its 0002 keywords at the start of a word, base x off_topic_multiplier otherwise,
   plus the same jitter; the lowest bid wins, ties to the first bidder.
 - `argmax_accuracy`: the share whose best match (before prices and jitter) is the expected persona.
+- `persona_holdout_accuracy`: the same auctions on PERSONA_HOLDOUT, tasks written by someone who had not read the
+  profiles and never used to tune them (the set above was written with the profiles in view).
 
 Run from the project root: `.venv/bin/python bench/personas.py` (about 20 s; --help). Progress goes to stderr; the
 last line of stdout is one JSON object with the figures; the misses are printed to stderr.
@@ -37,7 +39,7 @@ from django.core.management import call_command
 from apps.memory.embeddings import get_embedder
 from apps.swarm import matching, services
 from apps.swarm.models import Agent
-from tests.swarm.persona_eval import PERSONA_EVAL
+from tests.swarm.persona_eval import PERSONA_EVAL, PERSONA_HOLDOUT
 
 # The keywords the old rule matched, as the migration that introduced them wrote them.
 OLD_PERSONAS = importlib.import_module("apps.swarm.migrations.0002_personas").PERSONAS
@@ -112,6 +114,14 @@ def main() -> None:
         per_seed.append(seed_hits / len(PERSONA_EVAL))
         say(f"seed {seed}: {seed_hits}/{len(PERSONA_EVAL)}")
     auction_seconds = time.monotonic() - started
+    holdout_hits = 0
+    for seed in range(args.seeds):
+        rng = random.Random(seed)
+        for description, expected in PERSONA_HOLDOUT:
+            winner = auction_winner(description, rng)
+            holdout_hits += winner == expected
+            if winner != expected and seed == 0:
+                say(f"  holdout miss: expected {expected}, won by {winner}: {description}")
     for (description, expected, winner), count in sorted(misses.items(), key=lambda item: -item[1]):
         say(f"  miss ({count}/{args.seeds} seeds): expected {expected}, won by {winner}: {description}")
 
@@ -122,6 +132,8 @@ def main() -> None:
         "keyword_baseline_accuracy": round(baseline_hits / runs, 3),
         "argmax_accuracy": round(argmax_hits / len(PERSONA_EVAL), 3),
         "items": len(PERSONA_EVAL),
+        "persona_holdout_accuracy": round(holdout_hits / (len(PERSONA_HOLDOUT) * args.seeds), 3),
+        "holdout_items": len(PERSONA_HOLDOUT),
         "seeds": args.seeds,
         "match_margin_p10": round(leads[len(leads) // 10], 3),
         "match_margin_median": round(leads[len(leads) // 2], 3),

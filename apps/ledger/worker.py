@@ -13,6 +13,15 @@ PAYMENTS_PER_CYCLE = 5
 # Payments that wait for funds are looked at each cycle too (cheaply: no invoice is made for them), so a few old
 # waiting ones never hide the newly completed tasks behind them.
 CANDIDATES_PER_CYCLE = 50
+# The last reason logged for each task whose payment the node refused, in this worker process.
+_not_sent: dict[int, str] = {}
+
+
+def _log_not_sent(level: int, task_id: int, exc: Exception) -> None:
+    # Tried again each cycle: logged when the reason is new, not once a second while it lasts.
+    if _not_sent.get(task_id) != str(exc):
+        logger.log(level, "payment for task %s not sent: %s; will retry", task_id, exc)
+        _not_sent[task_id] = str(exc)
 
 
 def pay_completed_tasks(now: datetime) -> int:
@@ -33,11 +42,12 @@ def pay_completed_tasks(now: datetime) -> int:
             continue  # another worker got there first
         except BackendUnavailable as exc:
             # The node is down: every task stays unpaid (and visible as such) until a later cycle reaches it.
-            logger.info("payment for task %s not sent: %s; will retry", task.pk, exc)
+            _log_not_sent(logging.INFO, task.pk, exc)
             break
         except (BackendError, services.InvalidPayment) as exc:
-            logger.warning("payment for task %s not sent: %s; will retry", task.pk, exc)
+            _log_not_sent(logging.WARNING, task.pk, exc)
             break
+        _not_sent.pop(task.pk, None)
         paid += 1  # settled, or failed (services.mark_failed logs that), or pending until reconcile hears
     return paid
 
