@@ -17,6 +17,10 @@ Measured in one run, for a user's search (own + shared memories, k = 10, the que
 - Also per scope: a type filter, an agent filter, and staff searching everyone's memories.
 - `store_memories` throughput in batches of 64 with the real embedder: into an empty database, and into the
   100,000 memories (each new memory is checked for near duplicates by a search).
+- First, in the fresh database (emptied again after), search quality on the evaluation set of
+  tests/memory/memory_eval.py: recall@1, recall@3 and MRR of `search_memories`, the vector side alone and the
+  keyword side alone, and how often questions with no answer in memory bring nothing back
+  (tests/memory/search_quality.py). `--quality-only` measures just that, in about half a minute.
 
 Run from the project root: `.venv/bin/python bench/memory.py` (`--help` for sizes; about 3.5 minutes, half of it
 building and searching the million). Everything happens in a fresh temporary TIMMY_DATA_DIR, removed at exit,
@@ -46,15 +50,19 @@ from isolated import DATA_DIR, code_version, say  # first: sets up Django in a t
 import django
 import numpy as np
 import pysqlite3
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection, transaction
 
 from apps.memory import index, services
 from apps.memory.embeddings import get_embedder
+from tests.memory import search_quality
 
 TARGET_P50_MS = 10.0
 TARGET_RECALL = 0.95
 TARGET_STORE_PER_S = 150.0
+TARGET_QUALITY_RECALL_AT_3 = 0.95
+TARGET_QUALITY_QUIET = 0.90
 K = 10
 USER, OTHER_USERS = 1, range(2, 51)
 SCOPES = {
@@ -248,6 +256,14 @@ def store_rate(texts: list[str], batch: int = 64) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
+def quality() -> dict[str, Any]:
+    """Search quality on the evaluation set, measured in the fresh database, which is emptied again after."""
+    say("search quality on the evaluation set")
+    figures = search_quality.measure(get_user_model().objects.create_user(username="evaluator"))
+    call_command("flush", interactive=False, verbosity=0)
+    return figures
+
+
 def figures_at(n: int, memories: Memories, queries: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     say(f"building {n:,} memories")
     memories.grow_to(n)
@@ -283,12 +299,25 @@ def main() -> None:
     parser.add_argument("--naive-sample", type=int, default=2000, help="rows for the naive baseline")
     parser.add_argument("--naive-queries", type=int, default=10, help="queries for the naive baseline")
     parser.add_argument("--store", type=int, default=1024, help="memories stored to time store_memories")
+    parser.add_argument("--quality-only", action="store_true", help="measure search quality only")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if connection.vendor != "sqlite":
         parser.error("runs on the embedded SQLite only")
     call_command("migrate", verbosity=0)
     embedder = get_embedder()
+    about = {
+        "benchmark": "memory",
+        "date": datetime.now(UTC).date().isoformat(),
+        "code": code_version(),
+        "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
+        "sqlite": pysqlite3.sqlite_version,
+        "django": django.get_version(),
+    }
+    search_quality_figures = quality()
+    if args.quality_only:
+        print(json.dumps(about | search_quality_figures))
+        return
     texts, asked = corpus(args.real + args.store * 2, args.queries)
     stored_texts, store_empty, store_full = (
         texts[: args.real],
@@ -316,12 +345,7 @@ def main() -> None:
 
     first = results[str(sizes[0])]
     figures = {
-        "benchmark": "memory",
-        "date": datetime.now(UTC).date().isoformat(),
-        "code": code_version(),
-        "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
-        "sqlite": pysqlite3.sqlite_version,
-        "django": django.get_version(),
+        **about,
         "embedder": embedder.name,
         "embed_per_s": round(embed_rate, 1),
         "store_memories_per_s": round(store_empty_rate, 1),
@@ -331,10 +355,18 @@ def main() -> None:
         "recall_at_10": first["recall_at_10"],
         "latency_ratio_vs_numpy": first["latency_ratio_vs_numpy"],
         "speedup_vs_naive": first["speedup_vs_naive"],
+        **search_quality_figures,
         "targets_met": {
             "search_p50_ms": first["search_p50_ms"] <= TARGET_P50_MS,
             "recall_at_10": first["recall_at_10"] >= TARGET_RECALL,
             "store_memories_per_s": store_empty_rate >= TARGET_STORE_PER_S,
+            "hybrid_recall_at_3": search_quality_figures["hybrid_recall_at_3"] >= TARGET_QUALITY_RECALL_AT_3,
+            "hybrid_unanswerable_quiet": search_quality_figures["hybrid_unanswerable_quiet"] >= TARGET_QUALITY_QUIET,
+            "hybrid_at_least_either_side": all(
+                search_quality_figures[f"hybrid_{m}"]
+                >= max(search_quality_figures[f"vector_{m}"], search_quality_figures[f"keyword_{m}"])
+                for m in ("recall_at_1", "recall_at_3", "mrr")
+            ),
         },
         "sizes": results,
     }

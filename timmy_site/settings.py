@@ -318,6 +318,9 @@ EMBEDDING_BACKEND = env.str("EMBEDDING_BACKEND", default="auto")
 EMBEDDING_THREADS = env.int("EMBEDDING_THREADS", default=1)
 # A new memory this similar (cosine) to one of the same owner is a near-duplicate: the old one is bumped instead.
 MEMORY_NEAR_DUPLICATE = env.float("MEMORY_NEAR_DUPLICATE", default=0.95)
+# Memories less similar (cosine) to a search than this are not returned, nor put into a prompt; unset: the
+# embedder's own floor (0.2 for all-MiniLM-L6-v2, 0.1 for the hashed fallback; docs/architecture.md).
+MEMORY_SIMILARITY_FLOOR = env.float("MEMORY_SIMILARITY_FLOOR", default=None)
 # Per-request records behind the status page's percentiles and chart; the metrics keep their totals.
 PROVIDER_REQUEST_RETENTION_DAYS = env.int("PROVIDER_REQUEST_RETENTION_DAYS", default=7)
 

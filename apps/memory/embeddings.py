@@ -38,6 +38,11 @@ BATCH_SIZE = 8
 class Embedder(Protocol):
     name: str
     dimensions: int
+    # Search trusts each embedder as far as it was measured on the evaluation set (tests/memory/memory_eval.py,
+    # docs/architecture.md): below similarity_floor a memory is not relevant to the query, and keyword_weight is
+    # how much a keyword match adds to the cosine (times its relevance relative to the query's best match).
+    similarity_floor: float
+    keyword_weight: float
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 of shape (len(texts), dimensions), each row of unit length."""
@@ -59,6 +64,14 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model on the CPU, loaded on the first embed() and then kept for the process."""
 
     dimensions = DIMENSIONS
+    # Measured with all-MiniLM-L6-v2 on the evaluation set (another model needs its own: MEMORY_SIMILARITY_FLOOR):
+    # no question was less similar than 0.21 to the fact it asks for, so 0.2 loses no answer. Questions about
+    # nothing in memory reach 0.14 to 0.63 (median 0.26): a floor that silenced 90 % of them (0.4) would drop a
+    # third of the answers, so the floor only takes out what is plainly unrelated (docs/architecture.md).
+    similarity_floor = 0.2
+    # Sharing some words with a paraphrased question is noise to a model that reads meaning: any weight here
+    # lowered recall@1. Only a memory holding every word of the question is lifted (apps.memory.services).
+    keyword_weight = 0.0
 
     def __init__(self, path: str | Path, *, name: str | None = None) -> None:
         self.path = Path(path)
@@ -162,6 +175,12 @@ class HashedNgramEmbedder:
 
     name = "hashed-ngram-v1"
     dimensions = DIMENSIONS
+    # Two texts that share no word have a cosine of 0.04 ± 0.065 (hash collisions of character n-grams); a
+    # question that names a word of its memory was at 0.13 or more.
+    similarity_floor = 0.1
+    # This embedder sees spellings, not meaning, without the keyword index's stemming and word rarity: the keyword
+    # match lifted recall@1 on the evaluation set from 0.065 to 0.094 (docs/architecture.md).
+    keyword_weight = 0.1
     ngram_sizes = (3, 4, 5)
 
     def __init__(self) -> None:

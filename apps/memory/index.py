@@ -46,6 +46,20 @@ CODE_BITS = DIMENSIONS * len(CODE_THRESHOLDS)
 # At 100,000 memories that gives recall@10 ≈ 0.98 (bench/memory.py).
 MIN_CANDIDATES = 40
 _WORD = re.compile(r"\w+", re.UNICODE)
+KEYWORDS_MAX = 32
+# Words that say how a question is asked, not what it is about ("when does the backup happen?"). Matched with an
+# OR, they pulled up every memory sharing a little grammar with the question, so they are left out of the query on
+# both engines (PostgreSQL's english configuration also leaves its own list out of documents and queries).
+STOP_WORDS = frozenset(
+    """
+    a about above after again all am an and any are as at be been before being below between both but by can
+    could did do does doing don down during each else ever few for from had has have having he her here hers
+    herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off
+    on once only or other our ours ourselves out over own s same she should so some such t than that the their
+    theirs them themselves then there these they this those through to too under until up very was we were what
+    when where which while who whom whose why will with would you your yours yourself yourselves
+    """.split()  # noqa: SIM905 - 129 quoted words are harder to read and to edit
+)
 
 
 @dataclass(frozen=True)
@@ -279,23 +293,39 @@ def _sqlite_vector_search(
     return [(rows[i][0], float(similarity[i])) for i in best]
 
 
-def keyword_search(text: str, *, scope: Scope, k: int) -> list[tuple[int, float]]:
-    """Memories in scope matching any word of `text`, as (memory id, relevance), best first. The words are
-    quoted, so user input is never parsed as query syntax."""
-    words = _WORD.findall(text.lower())[:32]
+def keyword_terms(text: str) -> list[str]:
+    """The words of `text` a keyword search looks for: lower-cased, without stop words or repeats."""
+    words = dict.fromkeys(w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS)
+    return list(words)[:KEYWORDS_MAX]
+
+
+def keyword_search(
+    text: str, *, scope: Scope, k: int, every_word: bool = False, among: Sequence[int] | None = None
+) -> list[tuple[int, float]]:
+    """Memories in scope matching any meaningful word of `text` (keyword_terms), or with every_word all of them,
+    stemmed, as (memory id, relevance), best first; none for a text of stop words only. among: only these
+    memories. The words are quoted, so user input is never parsed as query syntax."""
+    words = keyword_terms(text)
     if k < 1 or not words or (scope.owner_ids is not None and not scope.owner_ids):
         return []
+    if among is not None and not among:
+        return []
     where, params = _scope_sql(scope)
+    if among is not None:
+        where += f" AND {'memory_id' if _postgres() else 'rowid'} IN ({', '.join(['%s'] * len(among))})"
+        params.extend(among)
     with connection.cursor() as cursor:
         if _postgres():
-            query = " | ".join(f"'{w}'" for w in words)
+            # Quoted lexemes are still stemmed by the english configuration ('backups' becomes 'backup').
+            query = (" & " if every_word else " | ").join(f"'{w}'" for w in words)
             cursor.execute(
                 "SELECT memory_id, ts_rank(document, q) FROM memory_fts, to_tsquery('english', %s) q "
                 f"WHERE document @@ q{where} ORDER BY 2 DESC, memory_id DESC LIMIT %s",
                 [query, *params, k],
             )
         else:
-            query = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+            # A quoted string goes through the table's tokenizer (porter unicode61), so it is stemmed too.
+            query = (" AND " if every_word else " OR ").join(f'"{w}"' for w in words)
             # bm25() is lower for better matches: negate it so larger is better, as on PostgreSQL.
             cursor.execute(
                 f"SELECT rowid, -bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH %s{where} "

@@ -20,13 +20,15 @@ from django.utils import timezone
 
 from apps.events.services import clean_multiline_text, log_event
 from apps.memory import index
-from apps.memory.embeddings import get_embedder
+from apps.memory.embeddings import Embedder, get_embedder
 from apps.memory.models import MemoryEntry
 
 User = AbstractBaseUser | AnonymousUser
 CONTENT_MAX = 20_000
-# Reciprocal rank fusion: each list adds 1 / (RRF_K + rank); 60 is the customary constant.
-RRF_K = 60
+# A memory holding every meaningful word of a question of two or more ("Prusa MK4", "Backblaze bucket") ranks this
+# much higher than its cosine alone says: enough to lift a name or a code over memories that are merely about the
+# same things, too little to lift one the embedder finds unrelated (docs/architecture.md has the measurements).
+FULL_MATCH_BOOST = 0.1
 SEARCH_LIMIT_MAX = 50
 REASON_MAX = 300
 # Reading other users' private memories and chats: superusers have it, other staff only when granted.
@@ -87,10 +89,10 @@ class Stored:
 @dataclass(frozen=True)
 class Hit:
     memory: MemoryEntry
-    # Fused rank score (higher is better); similarity is the cosine of the query and the memory, if it was a
-    # vector match.
+    # The ranking score (higher is better): the similarity plus what keyword matches add (search_memories).
     score: float
-    similarity: float | None
+    # The cosine of the query and the memory.
+    similarity: float
 
 
 def _normalise(content: str) -> str:
@@ -300,6 +302,12 @@ def _find_duplicates(items: Sequence[NewMemory], vectors: Any, digests: list[str
     return found
 
 
+def similarity_floor(embedder: Embedder) -> float:
+    """The cosine below which a memory is not relevant to a query: MEMORY_SIMILARITY_FLOOR, or the embedder's."""
+    floor: float | None = settings.MEMORY_SIMILARITY_FLOOR
+    return embedder.similarity_floor if floor is None else floor
+
+
 def search_memories(
     query: str,
     *,
@@ -310,8 +318,14 @@ def search_memories(
     all_users: bool = False,
     public_only: bool = False,
 ) -> list[Hit]:
-    """The memories `user` may see (visible_owner_ids) that best match `query`, by meaning and by keywords
-    (reciprocal rank fusion), best first."""
+    """The memories `user` may see (visible_owner_ids) that best match `query`, best first, none below the
+    embedder's similarity floor.
+
+    Candidates come from both the vectors and the keywords, and are ranked by their cosine to the query, to
+    which a keyword match adds the embedder's keyword_weight (times its relevance relative to the best keyword
+    match), and a match of every meaningful word FULL_MATCH_BOOST. Whatever the keywords say, a memory whose
+    cosine is below the floor is left out: sharing a word with the question ("phone number") does not make a
+    memory about something else relevant."""
     owner_ids = visible_owner_ids(user, all_users=all_users, public_only=public_only)
     query = clean_multiline_text(query).strip()
     limit = max(1, min(limit, SEARCH_LIMIT_MAX))
@@ -319,16 +333,26 @@ def search_memories(
         return []
     scope = index.Scope(owner_ids=owner_ids, context_type=context_type, agent_id=agent_id)
     depth = max(limit * 4, 20)
-    by_vector = index.vector_search(get_embedder().embed_one(query), scope=scope, k=depth)
+    embedder = get_embedder()
+    vector = embedder.embed_one(query)
+    similarity = dict(index.vector_search(vector, scope=scope, k=depth))
     by_keyword = index.keyword_search(query, scope=scope, k=depth)
-    scores: dict[int, float] = {}
-    for ranked in (by_vector, by_keyword):
-        for rank, (memory_id, _) in enumerate(ranked, start=1):
-            scores[memory_id] = scores.get(memory_id, 0.0) + 1.0 / (RRF_K + rank)
-    best = sorted(scores, key=lambda m: (-scores[m], -m))[:limit]
-    similarity = dict(by_vector)
+    unseen = [m for m, _ in by_keyword if m not in similarity]
+    similarity.update((m, float(v @ vector)) for m, v in index.index_vectors(unseen).items())
+    by_keyword = [(m, relevance) for m, relevance in by_keyword if m in similarity]
+    scores = dict(similarity)
+    best_relevance = by_keyword[0][1] if by_keyword else 0.0
+    if embedder.keyword_weight and best_relevance > 0:
+        for m, relevance in by_keyword:
+            scores[m] += embedder.keyword_weight * relevance / best_relevance
+    if len(index.keyword_terms(query)) > 1 and by_keyword:
+        among = [m for m, _ in by_keyword]
+        for m, _ in index.keyword_search(query, scope=scope, k=len(among), every_word=True, among=among):
+            scores[m] += FULL_MATCH_BOOST
+    floor = similarity_floor(embedder)
+    best = sorted((m for m in scores if similarity[m] >= floor), key=lambda m: (-scores[m], -m))[:limit]
     memories = MemoryEntry.objects.filter(pk__in=best, deleted_at__isnull=True).in_bulk()
-    hits = [Hit(memories[m], scores[m], similarity.get(m)) for m in best if m in memories]
+    hits = [Hit(memories[m], scores[m], similarity[m]) for m in best if m in memories]
     if hits:
         MemoryEntry.objects.filter(pk__in=[h.memory.pk for h in hits]).update(
             access_count=F("access_count") + 1, last_accessed_at=timezone.now()

@@ -186,6 +186,16 @@ def mark(client: Client, action: str, memories: list[MemoryEntry], **extra: str)
     )
 
 
+def stranger_finds(*questions: str) -> set[int]:
+    """What the paid chat's searches for these questions find; one question each, as a search returns only the
+    memories about what it asks (the chat is not about backups)."""
+    return {
+        hit.memory.pk
+        for question in questions
+        for hit in services.search_memories(question, user=AnonymousUser(), public_only=True)
+    }
+
+
 def test_marking_memories_public_asks_first_then_marks_the_live_shared_ones_and_logs_who(
     admin_client, admin_user, memories
 ):
@@ -206,14 +216,12 @@ def test_marking_memories_public_asks_first_then_marks_the_live_shared_ones_and_
     events = Event.objects.filter(event_type="memory.published")
     assert {(e.data["memory_id"], e.data["by"]) for e in events} == {(pk, "admin") for pk in public}
     assert {m.pk for m in listed_memories(admin_client.get(CHANGELIST, {"visibility": "public"}))} == public
-    stranger = services.search_memories("backups", user=AnonymousUser(), public_only=True)
-    assert {h.memory.pk for h in stranger} == public
+    assert stranger_finds("backups", "hello Timmy") == public
 
     again = mark(admin_client, "make_public", [memories["shared"]]).content.decode()
     assert "None of the selected memories can be marked public" in again and "already public" in again
     mark(admin_client, "make_not_public", [memories["shared"]], confirm="yes")
-    stranger = services.search_memories("backups", user=AnonymousUser(), public_only=True)
-    assert [h.memory.pk for h in stranger] == [memories["chat"].pk]
+    assert stranger_finds("backups", "hello Timmy") == {memories["chat"].pk}
     [undone] = Event.objects.filter(event_type="memory.unpublished")
     assert undone.data == {"memory_id": memories["shared"].pk, "public": False, "by": "admin"}
 

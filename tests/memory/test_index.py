@@ -1,5 +1,6 @@
-"""The vector index on its own: what a search returns compared with an exact search over the same rows, the
-scope, and (SQLite) the migration to the two-pass index carrying existing vectors over."""
+"""The index on its own: what a vector search returns compared with an exact search over the same rows, the
+scope, (SQLite) the migration to the two-pass index carrying existing vectors over, and what the keyword side
+counts as a match."""
 
 import numpy as np
 import pytest
@@ -129,3 +130,33 @@ def test_vectors_stored_before_the_two_pass_index_are_still_found_after_it(trans
     for i in (0, 1, 17):
         assert index.vector_search(vectors[i], scope=index.Scope(owner_ids=(1 + i % 2,)), k=1)[0][0] == i + 1
     assert index.vector_search(vectors[0], scope=index.Scope(owner_ids=(2,)), k=1)[0][0] != 1
+
+
+@pytest.fixture
+def worded(db):
+    """A few memories indexed with their words (the vectors do not matter to the keyword side)."""
+    texts = [
+        "Weekly backups go to an encrypted USB drive.",
+        "The backup of the NAS failed twice in November.",
+        "What is it that they were doing there?",
+        "The 3D printer is a Prusa MK4 and prints PETG.",
+    ]
+    vector = unit(np.ones(index.DIMENSIONS))
+    index.index_add([index.IndexRow(i + 1, vector, text, 1, "fact", None) for i, text in enumerate(texts)])
+    return index.Scope(owner_ids=(1,))
+
+
+def test_keywords_match_other_forms_of_a_word_and_ignore_stop_words(worded):
+    # "backups" and "backup" are one word to both engines: stemmed in the memories and in the question.
+    assert {m for m, _ in index.keyword_search("When do the backups happen?", scope=worded, k=10)} == {1, 2}
+    assert index.keyword_search("what is it that they were doing there", scope=worded, k=10) == []
+    assert index.keyword_terms("What is the Prusa's MK4 for? For what?") == ["prusa", "mk4"]
+
+
+def test_every_word_finds_only_memories_holding_all_of_them_among_those_asked(worded):
+    assert [m for m, _ in index.keyword_search("Prusa backups", scope=worded, k=10, every_word=True)] == []
+    assert [m for m, _ in index.keyword_search("prusa mk4", scope=worded, k=10, every_word=True)] == [4]
+    assert index.keyword_search("prusa mk4", scope=worded, k=10, every_word=True, among=[1, 2]) == []
+    assert index.keyword_search("backups", scope=worded, k=10, among=[]) == []
+    # Query syntax in the words is looked for as words, never parsed.
+    assert [m for m, _ in index.keyword_search('"prusa" AND (mk4 NEAR', scope=worded, k=10)] == [4]

@@ -7,6 +7,7 @@ from django.db import IntegrityError, connection, transaction
 
 from apps.events.models import Event
 from apps.memory import services
+from apps.memory.embeddings import get_embedder
 from apps.memory.models import MemoryEntry
 from tests.factories import StaffFactory, UserFactory
 
@@ -283,3 +284,39 @@ def test_the_index_tables_are_emptied_by_a_flush(transactional_db, alice):
     assert set(index_counts()) == {len(FACTS)}
     call_command("flush", interactive=False, verbosity=0)
     assert set(index_counts()) == {0}
+
+
+def test_a_question_about_nothing_remembered_finds_nothing_and_puts_nothing_in_the_prompt(db, alice):
+    for content in FACTS:
+        fact(content, owner=alice)
+    # Every memory shares a word or two with these ("the", "is", "who"), and the old search returned five each.
+    for question in ("Who painted the Mona Lisa?", "How many moons does Jupiter have?"):
+        assert services.search_memories(question, user=alice) == []
+        assert services.get_memory_context(question, user=alice) == ""
+
+
+def test_a_memory_sharing_words_but_not_meaning_with_the_question_is_not_returned(db, alice):
+    fact("Alice's favourite programming language is Rust.", owner=alice)
+    fact("The bike chain has rust on it and needs oil.", owner=alice)
+    hits = services.search_memories("Which programming language does Alice like?", user=alice)
+    assert [h.memory.content for h in hits] == ["Alice's favourite programming language is Rust."]
+    assert all(h.similarity >= services.similarity_floor(get_embedder()) for h in hits)
+
+
+def test_a_memory_holding_every_word_of_a_name_comes_first(db, alice):
+    fact("The 3D printer is a Prusa MK4 and uses PETG for outdoor parts.", owner=alice)
+    fact("The label printer in the office is a Brother QL-800.", owner=alice)
+    fact("Printing in PLA works for parts that stay indoors.", owner=alice)
+    [best, *_] = services.search_memories("Prusa MK4", user=alice)
+    assert best.memory.content.startswith("The 3D printer is a Prusa MK4")
+    # Found by its words, it is still ranked by its meaning too: the cosine is always there.
+    assert best.score > best.similarity > 0
+
+
+def test_the_similarity_floor_follows_the_setting_over_the_embedders(db, alice, settings):
+    fact("Timmy's Lightning node runs on a Raspberry Pi in the garage.", owner=alice)
+    assert services.similarity_floor(get_embedder()) == get_embedder().similarity_floor
+    settings.MEMORY_SIMILARITY_FLOOR = 0.99
+    assert services.search_memories("Where is the Lightning node hosted?", user=alice) == []
+    settings.MEMORY_SIMILARITY_FLOOR = -1.0
+    assert len(services.search_memories("How do bees make honey?", user=alice)) == 1
