@@ -60,7 +60,7 @@ from tests.llm_servers import OllamaServer
 LATENESS_DELTA_TARGET_S = 1.0
 THROUGHPUT_2_VS_1_TARGET = 1.8
 LEVELS = (1, 2, 4)
-# One per bidding persona (each matches that persona's keywords), so that the tasks spread over the agents.
+# One per bidding persona (each clearly that persona's kind of work), so that the tasks spread over the agents.
 DESCRIPTIONS = (
     "Research the history of the Lightning Network, note {n}",
     "Fix the bug in the backup script, case {n}",

@@ -1,8 +1,28 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from apps.ledger import services
+from apps.ledger.backends import get_backend, reset_backend
 from apps.ledger.backends.dev import DevBackend
+from apps.ledger.backends.lnd import LndBackend
 from apps.ledger.models import LedgerEntry
+from tests.lnd_server import LndServer
+
+
+@contextmanager
+def lnd_backend(settings: Any) -> Iterator[LndServer]:
+    """The ledger on the `lnd` backend, talking to a local server that speaks LND's REST API over TLS."""
+    with LndServer() as server:
+        settings.LIGHTNING_BACKEND = "lnd"
+        settings.LND_REST_URL = server.url
+        settings.LND_MACAROON_PATH = str(server.macaroon_path)
+        settings.LND_TLS_CERT_PATH = str(server.cert_path)
+        reset_backend()
+        assert isinstance(get_backend(), LndBackend)
+        yield server
+    reset_backend()
 
 
 def fund_wallet(sats: int, *, node_dir: Path) -> LedgerEntry:

@@ -6,23 +6,15 @@ from collections.abc import Iterator
 import pytest
 
 from apps.ledger import services
-from apps.ledger.backends import get_backend, reset_backend
-from apps.ledger.backends.lnd import LndBackend
 from apps.ledger.models import LedgerEntry, TxStatus
+from tests.ledger.helpers import lnd_backend
 from tests.lnd_server import LndServer
 
 
 @pytest.fixture
 def lnd(settings, transactional_db) -> Iterator[LndServer]:
-    with LndServer() as server:
-        settings.LIGHTNING_BACKEND = "lnd"
-        settings.LND_REST_URL = server.url
-        settings.LND_MACAROON_PATH = str(server.macaroon_path)
-        settings.LND_TLS_CERT_PATH = str(server.cert_path)
-        reset_backend()
-        assert isinstance(get_backend(), LndBackend)
+    with lnd_backend(settings) as server:
         yield server
-    reset_backend()
 
 
 def test_an_invoice_paid_at_the_node_is_settled_by_reconcile_with_its_preimage(lnd):

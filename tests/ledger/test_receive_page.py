@@ -11,9 +11,8 @@ from django.urls import reverse
 
 from apps.events.models import Event
 from apps.ledger import services
-from apps.ledger.backends import get_backend, reset_backend
-from apps.ledger.backends.lnd import LndBackend
 from apps.ledger.models import DevInvoice, LedgerEntry, TxStatus
+from tests.ledger.helpers import lnd_backend
 from tests.lnd_server import LndServer
 
 PAGE = reverse("ledger:index")
@@ -26,15 +25,8 @@ RANGE = f"The amount must be between 1 and {services.MAX_SATS:,} sats."
 
 @pytest.fixture
 def lnd(settings, db) -> Iterator[LndServer]:
-    with LndServer() as server:
-        settings.LIGHTNING_BACKEND = "lnd"
-        settings.LND_REST_URL = server.url
-        settings.LND_MACAROON_PATH = str(server.macaroon_path)
-        settings.LND_TLS_CERT_PATH = str(server.cert_path)
-        reset_backend()
-        assert isinstance(get_backend(), LndBackend)
+    with lnd_backend(settings) as server:
         yield server
-    reset_backend()
 
 
 def invoice_card(page: str) -> str:
