@@ -77,12 +77,14 @@ lint: $(VENV)/.installed
 manage: $(VENV)/.installed
 	$(DEV) $(PY) manage.py $(CMD)
 
-# The benchmarks of docs/benchmarks.md that finish in a minute or two; bench/feed.py runs longer (see there).
+# The benchmarks of docs/benchmarks.md that finish in a few minutes each; bench/feed.py runs longer (see there).
 bench: $(VENV)/.bench-installed
 	$(PY) bench/events.py
 	$(PY) bench/router.py
 	$(PY) bench/memory.py --sizes 100000
 	$(PY) bench/ledger.py
+	$(PY) bench/usage.py
+	$(PY) bench/personas.py
 
 $(VENV)/.bench-installed: $(VENV)/.installed requirements/bench.txt
 	$(PY) -m pip install --quiet -r requirements/bench.txt

@@ -15,16 +15,26 @@ Measured in one run, for a user's search (own + shared memories, k = 10, the que
 - The naive design this project descends from: embeddings stored as JSON text, every visible row loaded and its
   cosine computed in a Python loop. Measured on a sample of rows and scaled to the visible count (linear).
 - Also per scope: a type filter, an agent filter, and staff searching everyone's memories.
+- `services.search_memories(text, user=<user 1>, limit=10)` end to end, on the query sentences themselves: the
+  query's embedding, both sides of the index, the ranking, the similarity floor, fetching the memories (each
+  index row has its MemoryEntry row, same id) and counting their access. Against it, query after query (taking
+  turns at going first), the search as it was before issue 18 (commit 30e2b54), rebuilt here: the same
+  embedder and index, `vector_search` for 40, an FTS5 query ORing every word of the question (stop words
+  included, each quoted) for 40, reciprocal rank fusion (k = 60), then the same fetch and access count. Both
+  run on today's index (its FTS5 table stemmed with the porter tokenizer at 30e2b54 already, so the old query's
+  words are stemmed as they were). Issue 18's target: ours within 1.2 times that at 100,000 memories.
 - `store_memories` throughput in batches of 64 with the real embedder: into an empty database, and into the
   100,000 memories (each new memory is checked for near duplicates by a search).
 - First, in the fresh database (emptied again after), search quality on the evaluation set of
   tests/memory/memory_eval.py: recall@1, recall@3 and MRR of `search_memories`, the vector side alone and the
   keyword side alone, and how often questions with no answer in memory bring nothing back
-  (tests/memory/search_quality.py). `--quality-only` measures just that, in about half a minute.
+  (tests/memory/search_quality.py). `--quality-only` measures just that, in about half a minute. The figures are
+  in the final JSON line too.
 
-Run from the project root: `.venv/bin/python bench/memory.py` (`--help` for sizes; about 3.5 minutes, half of it
-building and searching the million). Everything happens in a fresh temporary TIMMY_DATA_DIR, removed at exit,
-with DEBUG off. Progress goes to stderr; the last line of stdout is one JSON object with the figures.
+Run from the project root: `OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py` (`--help` for sizes; about 19
+minutes, most of it the million, where the search before issue 18 takes over a second; `--sizes 100000` about 4).
+Everything happens in a fresh temporary TIMMY_DATA_DIR, removed at exit, with DEBUG off. Progress goes to stderr;
+the last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -34,6 +44,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sysconfig
 import time
@@ -51,11 +62,17 @@ import django
 import numpy as np
 import pysqlite3
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
 
+from apps.events.services import clean_multiline_text
 from apps.memory import index, services
 from apps.memory.embeddings import get_embedder
+from apps.memory.models import MemoryEntry
+from apps.swarm.models import Agent, Persona
 from tests.memory import search_quality
 
 TARGET_P50_MS = 10.0
@@ -63,8 +80,10 @@ TARGET_RECALL = 0.95
 TARGET_STORE_PER_S = 150.0
 TARGET_QUALITY_RECALL_AT_3 = 0.95
 TARGET_QUALITY_QUIET = 0.90
+TARGET_END_TO_END_RATIO = 1.2
 K = 10
 USER, OTHER_USERS = 1, range(2, 51)
+AGENTS = range(1, 7)  # 0 in the index: no agent
 SCOPES = {
     "own+shared": index.Scope(owner_ids=(USER, index.SHARED)),
     "own+shared, facts": index.Scope(owner_ids=(USER, index.SHARED), context_type="fact"),
@@ -74,6 +93,10 @@ SCOPES = {
 HEADLINE = "own+shared"
 ID_OFFSET = 10_000_000
 CONTEXT_TYPES = np.array(["conversation", "fact", "document"])
+# search_memories before issue 18 (30e2b54): reciprocal rank fusion's constant, and its cap on a question's words.
+BEFORE_RRF_K = 60
+BEFORE_WORDS_MAX = 32
+BEFORE_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 # --- the corpus ---
@@ -132,17 +155,24 @@ def synthetic(real: np.ndarray, count: int, rng: np.random.Generator) -> tuple[n
 
 
 class Memories:
-    """The benchmark's memories: vectors, scope columns and texts, indexed through apps.memory.index. Ids start
-    at ID_OFFSET, above the ids of the memories that store_memories creates in the same database."""
+    """The benchmark's memories: vectors, scope columns and texts, indexed through apps.memory.index, each with
+    its MemoryEntry row (same id). Ids run from ID_OFFSET to ID_OFFSET + capacity; the memories store_memories
+    creates in the same database are numbered below or (see above_capacity) above them."""
 
-    def __init__(self, real: np.ndarray, texts: list[str], capacity: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self, real: np.ndarray, texts: list[str], capacity: int, rng: np.random.Generator, embedder_name: str
+    ) -> None:
         self.real, self.texts, self.rng = real, texts, rng
+        self.hashes = [services.content_hash(text) for text in texts]
+        self.embedder_name = embedder_name
+        self.capacity = capacity
         self.all_vectors = np.empty((capacity, index.DIMENSIONS), np.float32)
         self.all_owners = np.empty(capacity, np.int64)
         self.all_agents = np.empty(capacity, np.int64)
         self.all_types = np.empty(capacity, CONTEXT_TYPES.dtype)
         self.n = 0
         self.insert_seconds = 0.0
+        self.rows_seconds = 0.0
 
     @property
     def vectors(self) -> np.ndarray:
@@ -167,12 +197,48 @@ class Memories:
             with transaction.atomic():
                 index.index_add(rows)
             self.insert_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            self.add_entries(rows, sources)
+            self.rows_seconds += time.perf_counter() - started
             end = first + count
             self.all_vectors[first:end], self.all_owners[first:end] = vectors, owners
             self.all_agents[first:end], self.all_types[first:end] = agents, types
             self.n = end
             if end % 100_000 == 0:
                 say(f"  {end:,} memories indexed")
+
+    def add_entries(self, rows: list[index.IndexRow], sources: np.ndarray) -> None:
+        """The MemoryEntry rows of these index rows, for search_memories to fetch."""
+        now = timezone.now()
+        with transaction.atomic():
+            MemoryEntry.objects.bulk_create(
+                [
+                    MemoryEntry(
+                        id=row.memory_id,
+                        content=row.content,
+                        source="bench",
+                        context_type=row.context_type,
+                        agent_id=row.agent_id or None,
+                        timestamp=now,
+                        owner_id=None if row.owner_id == index.SHARED else row.owner_id,
+                        embedding_model=self.embedder_name,
+                        embedding_dimensions=index.DIMENSIONS,
+                        content_hash=self.hashes[source],
+                    )
+                    for row, source in zip(rows, sources, strict=True)
+                ],
+                batch_size=1000,
+            )
+
+    def above_capacity(self) -> None:
+        """Number the memories that store_memories creates from now on above every id the bench will use: SQLite
+        gives a new row the largest id the table ever held plus one (AUTOINCREMENT), here one of ours, and the
+        next size's memories would then collide with them in the index."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE sqlite_sequence SET seq = %s WHERE name = %s",
+                [ID_OFFSET + self.capacity, MemoryEntry._meta.db_table],
+            )
 
     def visible(self, scope: index.Scope) -> np.ndarray:
         mask = np.ones(self.n, bool)
@@ -215,6 +281,62 @@ def measure_scope(memories: Memories, scope: index.Scope, queries: np.ndarray) -
         "recall_at_10": round(float(np.mean(recall)), 4),
         "numpy_p50_ms": round(baseline, 2),
         "ratio_vs_numpy": round(p50 / baseline, 2),
+    }
+
+
+def search_before_issue_18(text: str, *, user: Any, limit: int) -> list[MemoryEntry]:
+    """search_memories as it was at 30e2b54, before issue 18, on today's index (see the module's docstring)."""
+    query = clean_multiline_text(text).strip()
+    owners = services.visible_owner_ids(user)
+    assert owners is not None  # a user's own search is never everyone's
+    depth = max(limit * 4, 20)
+    by_vector = index.vector_search(get_embedder().embed_one(query), scope=index.Scope(owner_ids=owners), k=depth)
+    words = BEFORE_WORD.findall(query.lower())[:BEFORE_WORDS_MAX]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT rowid, -bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH %s "
+            f"AND owner_id IN ({', '.join(['%s'] * len(owners))}) ORDER BY bm25(memory_fts), rowid DESC LIMIT %s",
+            [" OR ".join('"' + w.replace('"', "") + '"' for w in words), *owners, depth],
+        )
+        by_keyword = cursor.fetchall()
+    scores: dict[int, float] = {}
+    for ranked in (by_vector, by_keyword):
+        for rank, (memory_id, _) in enumerate(ranked, start=1):
+            scores[memory_id] = scores.get(memory_id, 0.0) + 1.0 / (BEFORE_RRF_K + rank)
+    best = sorted(scores, key=lambda m: (-scores[m], -m))[:limit]
+    memories = MemoryEntry.objects.filter(pk__in=best, deleted_at__isnull=True).in_bulk()
+    found = [memories[m] for m in best if m in memories]
+    if found:
+        MemoryEntry.objects.filter(pk__in=[m.pk for m in found]).update(
+            access_count=F("access_count") + 1, last_accessed_at=timezone.now()
+        )
+    return found
+
+
+def measure_end_to_end(texts: list[str], user: Any) -> dict[str, Any]:
+    """search_memories and the search before issue 18, query after query; they take turns at going first, since
+    the second finds in SQLite's cache the pages the first read."""
+    ours, before, ours_hits, before_hits = [], [], [], []
+    for i, text in enumerate(texts):
+        for which in ("ours", "before") if i % 2 == 0 else ("before", "ours"):
+            started = time.perf_counter()
+            if which == "ours":
+                ours_hits.append(len(services.search_memories(text, user=user, limit=K)))
+                ours.append((time.perf_counter() - started) * 1000)
+            else:
+                before_hits.append(len(search_before_issue_18(text, user=user, limit=K)))
+                before.append((time.perf_counter() - started) * 1000)
+    p50, baseline = statistics.median(ours), statistics.median(before)
+    return {
+        "end_to_end_queries": len(texts),
+        "search_end_to_end_p50_ms": round(p50, 2),
+        "search_end_to_end_p95_ms": round(float(np.percentile(ours, 95)), 2),
+        "baseline_end_to_end_p50_ms": round(baseline, 2),
+        "baseline_end_to_end_p95_ms": round(float(np.percentile(before, 95)), 2),
+        "end_to_end_ratio_vs_before": round(p50 / baseline, 3),
+        # The similarity floor may return fewer than K.
+        "search_end_to_end_hits_mean": round(float(np.mean(ours_hits)), 2),
+        "baseline_end_to_end_hits_mean": round(float(np.mean(before_hits)), 2),
     }
 
 
@@ -264,11 +386,15 @@ def quality() -> dict[str, Any]:
     return figures
 
 
-def figures_at(n: int, memories: Memories, queries: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def figures_at(
+    n: int, memories: Memories, queries: np.ndarray, asked: list[str], user: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     say(f"building {n:,} memories")
     memories.grow_to(n)
     say(f"searching ({len(queries)} queries per scope)")
     scopes = {name: measure_scope(memories, scope, queries) for name, scope in SCOPES.items()}
+    say(f"search_memories end to end and the search before issue 18 ({args.search_queries} queries each)")
+    end_to_end = measure_end_to_end(asked[: args.search_queries], user)
     naive = naive_search_ms(memories, queries[: args.naive_queries], args.naive_sample)
     headline = scopes[HEADLINE]
     naive_p50 = naive["p50_ms"] * headline["visible"]
@@ -282,7 +408,9 @@ def figures_at(n: int, memories: Memories, queries: np.ndarray, args: argparse.N
         "naive_json_python_p50_ms": round(naive_p50, 1),
         "naive_per_row_us": naive["per_row_us"],
         "speedup_vs_naive": round(naive_p50 / headline["p50_ms"], 1),
+        **end_to_end,
         "index_insert_us_per_memory": round(memories.insert_seconds / n * 1e6, 1),
+        "entries_insert_us_per_memory": round(memories.rows_seconds / n * 1e6, 1),
         "database_mb": round(sum(p.stat().st_size for p in DATA_DIR.glob("*.sqlite3*")) / 1e6, 1),
         "scopes": scopes,
     }
@@ -296,6 +424,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000", help="memory counts, ascending (default %(default)s)")
     parser.add_argument("--real", type=int, default=10000, help="real embedded sentences (default %(default)s)")
     parser.add_argument("--queries", type=int, default=300, help="queries per scope (default %(default)s)")
+    parser.add_argument(
+        "--search-queries",
+        type=int,
+        default=300,
+        help="queries for search_memories end to end and for the search before issue 18 (default %(default)s)",
+    )
     parser.add_argument("--naive-sample", type=int, default=2000, help="rows for the naive baseline")
     parser.add_argument("--naive-queries", type=int, default=10, help="queries for the naive baseline")
     parser.add_argument("--store", type=int, default=1024, help="memories stored to time store_memories")
@@ -335,12 +469,19 @@ def main() -> None:
     store_empty_rate = store_rate(store_empty)
     call_command("flush", interactive=False, verbosity=0)
 
-    memories = Memories(real, stored_texts, sizes[-1], np.random.default_rng(11))
+    # The owners and agents of the memories, with the ids the index rows name; user 1 searches.
+    get_user_model().objects.bulk_create(
+        get_user_model()(id=i, username=f"bench-user-{i}", password=make_password(None)) for i in (USER, *OTHER_USERS)
+    )
+    Agent.objects.bulk_create(Agent(id=i, name=f"bench-agent-{i}", persona=Persona.ECHO) for i in AGENTS)
+    user = get_user_model().objects.get(pk=USER)
+    memories = Memories(real, stored_texts, sizes[-1], np.random.default_rng(11), embedder.name)
     results: dict[str, Any] = {}
     for n in sizes:
-        results[str(n)] = figures_at(n, memories, queries, args)
+        results[str(n)] = figures_at(n, memories, queries, asked, user, args)
         if n == sizes[0]:
             say(f"store_memories into {n:,} memories ({len(store_full)} memories)")
+            memories.above_capacity()
             results[str(n)]["store_memories_per_s"] = round(store_rate(store_full), 1)
 
     first = results[str(sizes[0])]
@@ -355,10 +496,15 @@ def main() -> None:
         "recall_at_10": first["recall_at_10"],
         "latency_ratio_vs_numpy": first["latency_ratio_vs_numpy"],
         "speedup_vs_naive": first["speedup_vs_naive"],
+        "search_end_to_end_p50_ms": first["search_end_to_end_p50_ms"],
+        "search_end_to_end_p95_ms": first["search_end_to_end_p95_ms"],
+        "baseline_end_to_end_p50_ms": first["baseline_end_to_end_p50_ms"],
+        "end_to_end_ratio_vs_before": first["end_to_end_ratio_vs_before"],
         **search_quality_figures,
         "targets_met": {
             "search_p50_ms": first["search_p50_ms"] <= TARGET_P50_MS,
             "recall_at_10": first["recall_at_10"] >= TARGET_RECALL,
+            "end_to_end_ratio_vs_before": first["end_to_end_ratio_vs_before"] <= TARGET_END_TO_END_RATIO,
             "store_memories_per_s": store_empty_rate >= TARGET_STORE_PER_S,
             "hybrid_recall_at_3": search_quality_figures["hybrid_recall_at_3"] >= TARGET_QUALITY_RECALL_AT_3,
             "hybrid_unanswerable_quiet": search_quality_figures["hybrid_unanswerable_quiet"] >= TARGET_QUALITY_QUIET,

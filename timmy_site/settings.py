@@ -323,6 +323,8 @@ MEMORY_NEAR_DUPLICATE = env.float("MEMORY_NEAR_DUPLICATE", default=0.95)
 MEMORY_SIMILARITY_FLOOR = env.float("MEMORY_SIMILARITY_FLOOR", default=None)
 # Per-request records behind the status page's percentiles and chart; the metrics keep their totals.
 PROVIDER_REQUEST_RETENTION_DAYS = env.int("PROVIDER_REQUEST_RETENTION_DAYS", default=7)
+# Traces of router calls (the messages sent, the reply): pruned with the request records.
+TRACE_RETENTION_DAYS = env.int("TRACE_RETENTION_DAYS", default=7)
 
 # Lightning (apps.ledger): "dev" is the embedded node (real BOLT11 invoices on regtest, no money); "lnd" talks to
 # LND's REST API with a macaroon file and the node's TLS certificate.

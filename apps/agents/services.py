@@ -20,9 +20,11 @@ from apps.events.models import EventType
 from apps.events.services import clean_multiline_text, log_event
 from apps.memory import services as memory
 from apps.providers import router
+from apps.providers import services as provider_services
 from apps.providers.clients import monotonic_ms
 from apps.providers.context import Prompt
-from apps.providers.router import Completion, RouterError
+from apps.providers.models import ModelCall
+from apps.providers.router import Completion, RouterError, TraceContext
 from apps.swarm import services as swarm_services
 from apps.swarm.models import Persona, Task
 from apps.upgrades import services as upgrades
@@ -172,7 +174,10 @@ def chat_serve(*, message: str, payment_hash: str) -> ServedReply:
         )
     started = time.monotonic()
     try:
-        completion = router.complete(_timmy_prompt(text, user=AnonymousUser(), public_only=True))
+        completion = router.complete(
+            _timmy_prompt(text, user=AnonymousUser(), public_only=True),
+            trace=TraceContext(purpose=ModelCall.Purpose.SERVE, agent_id=agent_id),
+        )
     except RouterError as exc:
         with transaction.atomic():
             log_event(
@@ -208,10 +213,11 @@ def _llm_stream(
     on_chunk: Callable[[str], None] | None,
     should_stop: Callable[[], bool] | None,
     on_failover: router.OnFailover | None,
+    trace: TraceContext | None = None,
 ) -> Completion:
     if on_chunk is None and should_stop is None:
-        return router.complete(prompt, on_failover=on_failover)
-    stream = router.complete(prompt, stream=True, on_failover=on_failover)
+        return router.complete(prompt, on_failover=on_failover, trace=trace)
+    stream = router.complete(prompt, stream=True, on_failover=on_failover, trace=trace)
     for chunk in stream:
         if on_chunk is not None:
             on_chunk(clean_multiline_text(chunk))
@@ -288,12 +294,14 @@ def chat_send(
     # No transaction is open while the model thinks: SQLite would hold its write lock for the whole call.
     sent_at = timezone.now()
     started = time.monotonic()
+    trace = TraceContext(purpose=ModelCall.Purpose.CHAT, user_id=user.pk, agent_id=agent_id)
     try:
         completion = _llm_stream(
             _timmy_prompt(text, user=user, history=history),
             on_chunk=on_chunk,
             should_stop=should_stop,
             on_failover=on_failover,
+            trace=trace,
         )
     except RouterError as exc:  # nothing answered, or the answer broke off mid-stream
         reason = str(exc)
@@ -302,6 +310,7 @@ def chat_send(
             user_message = ChatMessage.objects.create(
                 session=session, role=ChatMessage.Role.USER, content=text, error=reason, created_at=sent_at
             )
+            provider_services.model_call_link(trace=trace, chat_message=user_message)
             log_event(
                 EventType.TOOL_COMPLETED,
                 source=CHAT_SOURCE,
@@ -328,6 +337,7 @@ def chat_send(
             stopped=completion.stopped,
             created_at=now,
         )
+        provider_services.model_call_link(trace=trace, chat_message=reply_message)
         log_event(
             EventType.TOOL_COMPLETED,
             source=CHAT_SOURCE,
@@ -400,7 +410,8 @@ def task_work(*, task: Task, worker_id: str, lease_seconds: int | None = None) -
                     # Task memories are shared (every task is on the swarm board for all staff to see).
                     context=_memories(task.description, user=AnonymousUser()),
                     context_heading=TASK_MEMORY_HEADING,
-                )
+                ),
+                trace=TraceContext(purpose=ModelCall.Purpose.TASK, agent_id=task.assigned_agent_id, task_id=task.pk),
             )
     except RouterError as exc:
         reason = str(exc)

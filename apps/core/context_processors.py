@@ -16,6 +16,7 @@ NAVIGATION = [
     ("Memory", "memory:index"),
     ("Upgrades", "upgrades:queue"),
     ("Router", "providers:status"),
+    ("Usage", "providers:usage"),
 ]
 
 

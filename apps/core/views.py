@@ -5,7 +5,10 @@ from django.utils import timezone
 from apps.core.decorators import staff_required
 from apps.core.selectors import tasks_waiting_without_worker, workers_recent
 from apps.events.selectors import events_latest
+from apps.ledger.services import get_balance
+from apps.providers.selectors import providers_health
 from apps.swarm.selectors import agents_with_wins, task_counts
+from apps.upgrades.selectors import upgrade_pending_count
 
 
 @staff_required
@@ -22,5 +25,8 @@ def home(request: HttpRequest) -> HttpResponse:
             "tasks_waiting": tasks_waiting_without_worker(),
             "agents": agents_with_wins(),
             "events": events_latest(limit=10),
+            "providers": providers_health(),
+            "balance": get_balance(),
+            "pending_upgrades": upgrade_pending_count(),
         },
     )

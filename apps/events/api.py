@@ -3,10 +3,18 @@ from typing import Any
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
+from ninja.errors import HttpError
 
 from apps.core.api_contract import ID_MAX, errors
 from apps.core.auth import require_staff
-from apps.events.selectors import EventFilter, events_page, events_since, events_summary
+from apps.events.selectors import (
+    EventFilter,
+    agent_lookup,
+    event_type_filterable,
+    events_page,
+    events_since,
+    events_summary,
+)
 
 router = Router(tags=["events"])
 
@@ -17,8 +25,10 @@ class EventOut(Schema):
     source: str
     task_id: str
     agent_id: str
+    agent_name: str | None = Field(None, description="The agent's name, when agent_id is an agent's.")
     timestamp: datetime
     data: dict[str, Any]
+    summary: str = Field(..., description="What happened, in one line of plain text (the pages' wording).")
 
 
 class EventsOut(Schema):
@@ -27,9 +37,9 @@ class EventsOut(Schema):
 
 
 class EventsQuery(Schema):
-    event_type: str = Field("", max_length=64)
+    event_type: str = Field("", max_length=64, description="A type (`payment.settled`) or a family (`payment.*`).")
     task_id: str = Field("", max_length=64)
-    agent_id: str = Field("", max_length=64)
+    agent_id: str = Field("", max_length=64, description="An agent's id, or its name in any case.")
     since_id: int | None = Field(None, ge=0, le=ID_MAX, description="Events after this id, oldest first (for polling).")
     before_id: int | None = Field(None, ge=1, le=ID_MAX, description="Events before this id, newest first (paging).")
     limit: int = Field(50, ge=1, le=500)
@@ -44,7 +54,10 @@ class SummaryOut(Schema):
 @router.get("", response={200: EventsOut, **errors()}, summary="List events")
 def list_events(request: HttpRequest, q: Query[EventsQuery]) -> dict[str, Any]:
     require_staff(request)
-    filters = EventFilter(event_type=q.event_type, task_id=q.task_id, agent_id=q.agent_id)
+    event_type = q.event_type.strip()
+    if event_type and not event_type_filterable(event_type):
+        raise HttpError(422, f"Unknown event type {event_type!r}: use a type or a family such as 'payment.*'.")
+    filters = EventFilter(event_type=event_type, task_id=q.task_id, agent_id=agent_lookup(q.agent_id).agent_id)
     if q.since_id is not None:
         return {"events": events_since(filters=filters, since_id=q.since_id, limit=q.limit), "next_before_id": None}
     page = events_page(filters=filters, before_id=q.before_id, limit=q.limit)

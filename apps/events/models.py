@@ -1,11 +1,14 @@
-import re
-
 from django.db import models
 from django.utils import timezone
 
+from apps.events import registry
+from apps.events.registry import is_known_event_type
+
+__all__ = ["Event", "EventType", "is_known_event_type"]
+
 
 class EventType(models.TextChoices):
-    """The twelve swarm event types of ADR-017. Other apps log under their own namespace (see NAMESPACES)."""
+    """The twelve swarm event types of ADR-017. Every type, these and the other apps', is in apps.events.registry."""
 
     TASK_CREATED = "task.created"
     TASK_BIDDING = "task.bidding"
@@ -19,19 +22,6 @@ class EventType(models.TextChoices):
     TOOL_CALLED = "tool.called"
     TOOL_COMPLETED = "tool.completed"
     SYSTEM_ERROR = "system.error"
-
-
-# upgrade.approved, payment.settled, memory.stored, provider.circuit_opened, auth.login_throttled, ...
-NAMESPACES = ("upgrade", "payment", "memory", "provider", "auth")
-NAMESPACED_TYPE = re.compile(rf"(?:{'|'.join(NAMESPACES)})\.[a-z][a-z0-9_]{{0,50}}")
-
-
-_SWARM_TYPES = frozenset(EventType.values)
-
-
-def is_known_event_type(value: str) -> bool:
-    # fullmatch, not match with "$": "$" also matches before a trailing newline, which would reach the log.
-    return value in _SWARM_TYPES or NAMESPACED_TYPE.fullmatch(value) is not None
 
 
 class Event(models.Model):
@@ -55,5 +45,23 @@ class Event(models.Model):
             models.Index(fields=["timestamp"], name="event_timestamp_idx"),
         ]
 
+    # The agent's current name, when the selector that read the event looked it up (selectors.with_agent_names).
+    agent_name: str | None = None
+
     def __str__(self) -> str:
         return f"#{self.id} {self.event_type}"
+
+    @property
+    def label(self) -> str:
+        return registry.label(self.event_type)
+
+    @property
+    def agent_label(self) -> str:
+        """The agent as the live feed names it: the name the event recorded, else its current one, else its id."""
+        return registry.Facts(self.data, agent_id=self.agent_id, agent_name=self.agent_name).agent
+
+    @property
+    def summary(self) -> str:
+        return registry.summarise(
+            self.event_type, self.data, task_id=self.task_id, agent_id=self.agent_id, agent_name=self.agent_name
+        )

@@ -152,7 +152,7 @@ def log_event(
     Raises InvalidEvent for an unknown type or data that is not a JSON object.
     """
     if not is_known_event_type(event_type):
-        raise InvalidEvent(f"unknown event type {event_type!r}")
+        raise InvalidEvent(f"unknown event type {event_type!r} (every type is declared in apps/events/registry.py)")
     cleaned, encoded = _sanitize_and_encode(data)
     event = Event(
         event_type=event_type,

@@ -65,7 +65,7 @@ class StoredOut(MemoryOut):
 
 class HitOut(MemoryOut):
     score: float
-    similarity: float | None
+    similarity: float
 
 
 class ContextOut(Schema):

@@ -5,6 +5,10 @@ sentence-transformers is installed; otherwise a hashed character n-gram embedder
 Each embedder has a `name` that is stored with every vector it makes: vectors of different names are not
 comparable, and a changed name is how a reindex knows which rows are stale.
 
+A memory longer than an embedder's window (all-MiniLM-L6-v2 reads 256 word pieces and ignores the rest) is embedded
+as overlapping chunks (`chunk_texts`, `embed_chunks`), each indexed and searched on its own; a memory that fits is
+one chunk, the whole text, embedded exactly as it always was.
+
 Importing sentence-transformers (and torch) takes seconds, so it happens on first use, not when this module is
 imported: management commands and the web process start without it.
 """
@@ -19,6 +23,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,11 +55,87 @@ class Embedder(Protocol):
 
     def embed_one(self, text: str) -> np.ndarray: ...
 
+    def chunk_texts(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text as the pieces to embed: [the text] when it fits the embedder's window, otherwise
+        overlapping chunks of it cut at word boundaries (ChunkWindow)."""
+        ...
+
 
 def _check_texts(texts: Sequence[str]) -> None:
     # A str is a Sequence[str] too: embedding its characters one by one is never what the caller meant.
     if isinstance(texts, str):
         raise TypeError("embed() takes a sequence of texts; use embed_one() for a single text")
+
+
+# --- Chunks of long texts ---
+
+
+@dataclass(frozen=True)
+class ChunkWindow:
+    """How an embedder cuts a long text, counted in its own units (word pieces, or words). A text of at most `fits`
+    units is one chunk, the whole text. A longer one is cut at whitespace into chunks of at most `size` units (a
+    single longer word is a chunk of its own). Each chunk after the first repeats at most `overlap` units of the one
+    before, beginning at the first sentence within that reach if there is one: a sentence of up to `overlap` units
+    that a cut goes through is whole in the next chunk (abbreviations aside), and chunks tend to begin as sentences
+    do."""
+
+    fits: int
+    size: int
+    overlap: int
+
+
+_SPACED_WORD = re.compile(r"\S+")
+# A word ending so (closing quotes or brackets allowed) ends a sentence; so does a line break after it.
+_SENTENCE_END = re.compile(r"[.!?\u2026][\"')\]\u201d\u2019]*$")
+
+
+def _words(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Character offsets of the starts and ends of the whitespace-separated words of `text`, and whether each
+    begins a sentence."""
+    matches = list(_SPACED_WORD.finditer(text))
+    starts = np.array([m.start() for m in matches], dtype=np.int64)
+    ends = np.array([m.end() for m in matches], dtype=np.int64)
+    opens = np.array(
+        [i == 0 or bool(_SENTENCE_END.search(matches[i - 1].group())) for i in range(len(matches))], dtype=bool
+    )
+    for i in range(1, len(matches)):
+        opens[i] |= "\n" in text[ends[i - 1] : starts[i]]
+    return starts, ends, opens
+
+
+def _cut(text: str, window: ChunkWindow, piece_starts: np.ndarray | None = None) -> list[str]:
+    """The chunks of `text`. Each word weighs the word pieces that begin in it (piece_starts: their character
+    offsets, in order), or without them one."""
+    starts, ends, opens = _words(text)
+    if piece_starts is None:
+        units = np.ones(len(starts), dtype=np.int64)
+    else:
+        units = np.searchsorted(piece_starts, ends) - np.searchsorted(piece_starts, starts)
+    if len(units) == 0 or int(units.sum()) <= window.fits:
+        return [text]
+    # before[i]: the units of the words before word i, so words i..j-1 weigh before[j] - before[i].
+    before = np.concatenate([[0], np.cumsum(units)])
+    chunks: list[str] = []
+    first = 0
+    while True:
+        # The most words from `first` on that fit in the window, and at least one.
+        end = max(int(np.searchsorted(before, before[first] + window.size, side="right")) - 1, first + 1)
+        chunks.append(text[starts[first] : ends[end - 1]])
+        if end >= len(units):
+            return chunks
+        # The next chunk starts at the earliest word that keeps the overlap within its bound, or at the first
+        # sentence from there, but always after this one's start.
+        reach = int(np.searchsorted(before, before[end] - window.overlap, side="left"))
+        sentences = np.flatnonzero(opens[reach:end])
+        first = max(reach + int(sentences[0]) if len(sentences) else reach, first + 1)
+
+
+def embed_chunks(embedder: Embedder, texts: Sequence[str]) -> list[np.ndarray]:
+    """Each text's chunk vectors (chunk_texts), as an array of shape (chunks, dimensions), first chunk first;
+    every chunk of every text goes through one embed() call, batched as a list of short texts would be."""
+    chunked = embedder.chunk_texts(texts)
+    vectors = embedder.embed([chunk for chunks in chunked for chunk in chunks])
+    return np.split(vectors, np.cumsum([len(chunks) for chunks in chunked])[:-1])
 
 
 # --- all-MiniLM-L6-v2 (or another sentence-transformers model) ---
@@ -72,6 +153,10 @@ class SentenceTransformerEmbedder:
     # Sharing some words with a paraphrased question is noise to a model that reads meaning: any weight here
     # lowered recall@1. Only a memory holding every word of the question is lifted (apps.memory.services).
     keyword_weight = 0.0
+    # A text longer than the model's window (max_seq_length less its special tokens: 254 word pieces for MiniLM) is
+    # cut into chunks of this many word pieces, overlapping by about this many: room for a sentence or two.
+    chunk_size = 200
+    chunk_overlap = 50
 
     def __init__(self, path: str | Path, *, name: str | None = None) -> None:
         self.path = Path(path)
@@ -133,6 +218,28 @@ class SentenceTransformerEmbedder:
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
 
+    def chunk_texts(self, texts: Sequence[str]) -> list[list[str]]:
+        _check_texts(texts)
+        if not texts:
+            return []
+        model = self.model
+        tokenizer = model.tokenizer
+        fits = model.max_seq_length - tokenizer.num_special_tokens_to_add(pair=False)
+        window = ChunkWindow(fits, min(self.chunk_size, fits), min(self.chunk_overlap, fits // 4))
+        with self._encode_lock:  # the tokenizer is no more thread-safe than encode (see __init__)
+            # Counted with the model's own tokenizer; verbose=False: a long text is what is being asked about here,
+            # not a mistake to warn of.
+            offsets = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+                "offset_mapping"
+            ]
+        chunked = []
+        for text, pieces in zip(texts, offsets, strict=True):
+            if len(pieces) <= window.fits:
+                chunked.append([text])
+            else:
+                chunked.append(_cut(text, window, np.array([start for start, _ in pieces], dtype=np.int64)))
+        return chunked
+
 
 def _import_sentence_transformers() -> Any:
     import sentence_transformers  # slow (torch): imported on first use only, see the module docstring
@@ -182,6 +289,9 @@ class HashedNgramEmbedder:
     # match lifted recall@1 on the evaluation set from 0.065 to 0.094 (docs/architecture.md).
     keyword_weight = 0.1
     ngram_sizes = (3, 4, 5)
+    # It has no window, but one vector for a long text blurs every part of it: chunks of about 150 words, as the
+    # model's, counted in whitespace-separated words.
+    chunk_window = ChunkWindow(fits=200, size=150, overlap=40)
 
     def __init__(self) -> None:
         self._empty = _empty_vector(self.dimensions)
@@ -209,6 +319,11 @@ class HashedNgramEmbedder:
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
+
+    def chunk_texts(self, texts: Sequence[str]) -> list[list[str]]:
+        _check_texts(texts)
+        window = self.chunk_window
+        return [[text] if len(text.split()) <= window.fits else _cut(text, window) for text in texts]
 
     def _features(self, text: str) -> Counter[str]:
         text = unicodedata.normalize("NFKC", text).casefold()

@@ -1,4 +1,4 @@
-"""The memory search index behind one interface, keyed by the memory's id: vectors and keywords.
+"""The memory search index behind one interface: vectors (of a memory's chunks) and keywords, by memory id.
 
 SQLite: an exact scan of 100,000 float vectors in a vec0 table takes about 30 ms here, so the vectors are
 searched in two passes. `memory_codes` (vec0) holds a 1,152-bit thermometer code of each vector: per dimension,
@@ -11,6 +11,13 @@ nothing drifts as memories come and go. bench/memory.py measures the latency and
 Keywords: FTS5.
 
 PostgreSQL: a pgvector table with an HNSW index; keywords in a tsvector table with a GIN index.
+
+A memory longer than the embedder's window has a vector per chunk (apps.memory.embeddings.chunk_texts); most have
+one. The vector side holds chunks: on SQLite both tables are keyed by chunk_key(memory id, chunk number), the
+memory's id shifted left by CHUNK_BITS plus the chunk's number, so a memory's chunks are one range of keys and a
+candidate's memory is its key shifted back, with no column more to read or index; on PostgreSQL memory_vectors has
+a (memory_id, chunk) key. A vector search returns each memory once, with its best chunk's cosine. The keyword side
+stays one row per memory: FTS5 and tsvector have no window.
 
 Each index row carries the memory's scope (owner, context type, agent), so the visibility filter is part of
 the search query itself: a search for 5 returns the 5 best rows the user may see, not 5 rows filtered after.
@@ -43,8 +50,18 @@ CODE_THRESHOLDS = np.array([-0.8416212, 0.0, 0.8416212], dtype=np.float32) / np.
 CODE_BITS = DIMENSIONS * len(CODE_THRESHOLDS)
 # First-pass candidates: three per result from each owner searched (SQLite runs vec0's KNN once per value of the
 # partition key in an IN list), six per result from a search of every owner's at once, and at least this many.
-# At 100,000 memories that gives recall@10 ≈ 0.98 (bench/memory.py).
+# At 100,000 memories that gives recall@10 ≈ 0.98 (bench/memory.py). When chunks of the same memories fill them so
+# that fewer than k memories come back, the search asks again for twice as many, up to vec0's largest k.
 MIN_CANDIDATES = 40
+KNN_MAX = 4096
+# A chunk's key on SQLite: memory id << CHUNK_BITS | chunk number. A memory is at most CONTENT_MAX (20,000)
+# characters, which makes at most a few hundred chunks of either embedder.
+CHUNK_BITS = 10
+CHUNKS_MAX = 1 << CHUNK_BITS
+# pgvector's largest hnsw.ef_search.
+HNSW_EF_SEARCH_MAX = 1000
+# Memories per statement when their chunks are looked up by key range (two parameters each).
+RANGES_PER_QUERY = 400
 _WORD = re.compile(r"\w+", re.UNICODE)
 KEYWORDS_MAX = 32
 # Words that say how a question is asked, not what it is about ("when does the backup happen?"). Matched with an
@@ -64,6 +81,9 @@ STOP_WORDS = frozenset(
 
 @dataclass(frozen=True)
 class IndexRow:
+    """A memory to index: `vector` is its first chunk's (the whole memory's when it is one chunk), `chunks` the
+    vectors of the chunks after the first, in order."""
+
     memory_id: int
     vector: np.ndarray
     content: str
@@ -71,6 +91,28 @@ class IndexRow:
     context_type: str
     agent_id: int | None
     public: bool = False
+    chunks: tuple[np.ndarray, ...] = ()
+
+    @property
+    def vectors(self) -> list[np.ndarray]:
+        return [self.vector, *self.chunks]
+
+
+def chunk_key(memory_id: int, chunk: int) -> int:
+    """The SQLite key of a memory's chunk (see the module's docstring)."""
+    return memory_id << CHUNK_BITS | chunk
+
+
+def _chunk_rows(rows: Sequence[tuple[int, np.ndarray]]) -> list[tuple[int, int, np.ndarray]]:
+    """(memory id, chunk number, vector) of each chunk of these memories, whose vectors are one vector (one
+    chunk) or an array of a vector per chunk."""
+    chunks: list[tuple[int, int, np.ndarray]] = []
+    for memory_id, vectors in rows:
+        v = np.asarray(vectors, dtype=np.float32).reshape(-1, DIMENSIONS)
+        if not 1 <= len(v) <= CHUNKS_MAX:
+            raise ValueError(f"memory {memory_id} has {len(v)} chunks; the index holds 1 to {CHUNKS_MAX}")
+        chunks.extend((memory_id, n, vector) for n, vector in enumerate(v))
+    return chunks
 
 
 def owner_key(owner_id: int | None, public: bool) -> int:
@@ -92,10 +134,6 @@ class Scope:
 
 def _postgres() -> bool:
     return connection.vendor == "postgresql"
-
-
-def _blob(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype=np.float32).tobytes()
 
 
 def codes(vectors: np.ndarray) -> np.ndarray:
@@ -125,84 +163,122 @@ def _scope_sql(scope: Scope) -> tuple[str, list[Any]]:
 
 
 def index_add(rows: Sequence[IndexRow]) -> None:
-    """Index memories (in the caller's transaction)."""
+    """Index memories, every chunk of each (in the caller's transaction)."""
     if not rows:
         return
-    scoped = [(r.memory_id, owner_key(r.owner_id, r.public), r.context_type, r.agent_id or SHARED) for r in rows]
+    scopes = {r.memory_id: (owner_key(r.owner_id, r.public), r.context_type, r.agent_id or SHARED) for r in rows}
+    chunks = _chunk_rows(
+        [(r.memory_id, r.vector if not r.chunks else np.stack(r.vectors)) for r in rows]  # most have one
+    )
     with connection.cursor() as cursor:
+        _insert_chunks(cursor, chunks, scopes)
         if _postgres():
-            cursor.executemany(
-                "INSERT INTO memory_vectors (memory_id, embedding, owner_id, context_type, agent_id) "
-                "VALUES (%s, %s::vector, %s, %s, %s)",
-                [(m, _pg_vector(r.vector), o, c, a) for r, (m, o, c, a) in zip(rows, scoped, strict=True)],
-            )
             cursor.executemany(
                 "INSERT INTO memory_fts (memory_id, document, owner_id, context_type, agent_id) "
                 "VALUES (%s, to_tsvector('english', %s), %s, %s, %s)",
-                [(m, r.content, o, c, a) for r, (m, o, c, a) in zip(rows, scoped, strict=True)],
+                [(r.memory_id, r.content, *scopes[r.memory_id]) for r in rows],
             )
         else:
-            vectors = np.stack([np.asarray(r.vector, dtype=np.float32) for r in rows])
-            cursor.executemany(
-                "INSERT INTO memory_codes (memory_id, owner_id, code, context_type, agent_id) "
-                "VALUES (%s, %s, vec_bit(%s), %s, %s)",
-                [(m, o, code.tobytes(), c, a) for code, (m, o, c, a) in zip(codes(vectors), scoped, strict=True)],
-            )
-            cursor.executemany(
-                "INSERT INTO memory_vectors (memory_id, embedding) VALUES (%s, %s)",
-                [(m, v.tobytes()) for v, (m, *_) in zip(vectors, scoped, strict=True)],
-            )
             cursor.executemany(
                 "INSERT INTO memory_fts (rowid, content, owner_id, context_type, agent_id) VALUES (%s, %s, %s, %s, %s)",
-                [(m, r.content, o, c, a) for r, (m, o, c, a) in zip(rows, scoped, strict=True)],
+                [(r.memory_id, r.content, *scopes[r.memory_id]) for r in rows],
             )
+
+
+def _insert_chunks(
+    cursor: Any, chunks: Sequence[tuple[int, int, np.ndarray]], scopes: dict[int, tuple[int, str, int]]
+) -> None:
+    """Write the vector rows (and on SQLite the codes) of these chunks, each under its memory's scope."""
+    if not chunks:
+        return
+    if _postgres():
+        cursor.executemany(
+            "INSERT INTO memory_vectors (memory_id, chunk, embedding, owner_id, context_type, agent_id) "
+            "VALUES (%s, %s, %s::vector, %s, %s, %s)",
+            [(m, n, _pg_vector(v), *scopes[m]) for m, n, v in chunks],
+        )
+        return
+    vectors = np.stack([v for _, _, v in chunks])
+    keyed = [(chunk_key(m, n), *scopes[m]) for m, n, _ in chunks]
+    cursor.executemany(
+        "INSERT INTO memory_codes (chunk_id, owner_id, code, context_type, agent_id) "
+        "VALUES (%s, %s, vec_bit(%s), %s, %s)",
+        [(key, o, code.tobytes(), c, a) for (key, o, c, a), code in zip(keyed, codes(vectors), strict=True)],
+    )
+    cursor.executemany(
+        "INSERT INTO memory_vectors (chunk_id, embedding) VALUES (%s, %s)",
+        [(key, v.tobytes()) for (key, *_), v in zip(keyed, vectors, strict=True)],
+    )
+
+
+def _sqlite_chunks(cursor: Any, memory_ids: Sequence[int], columns: str = "chunk_id") -> list[tuple[Any, ...]]:
+    """`columns` of memory_vectors (chunk_id first) for every chunk of these memories, in key order (a memory's
+    chunks in order)."""
+    found: list[tuple[Any, ...]] = []
+    ids = sorted(set(memory_ids))
+    for first in range(0, len(ids), RANGES_PER_QUERY):
+        batch = ids[first : first + RANGES_PER_QUERY]
+        # An OR of key ranges: SQLite searches each range of the primary key (MULTI-INDEX OR). Sorted here: with an
+        # ORDER BY it scans the whole table in key order instead (50 ms at 100,000 memories).
+        cursor.execute(
+            f"SELECT {columns} FROM memory_vectors WHERE " + " OR ".join(["chunk_id BETWEEN %s AND %s"] * len(batch)),
+            [key for m in batch for key in (chunk_key(m, 0), chunk_key(m, CHUNKS_MAX - 1))],
+        )
+        found.extend(cursor.fetchall())
+    return sorted(found, key=lambda row: row[0])
+
+
+def _sqlite_delete_chunks(cursor: Any, keys: Sequence[int]) -> None:
+    # vec0 finds a row by its key alone: `= %s` one key at a time (an IN list or a range scans the whole table).
+    cursor.executemany("DELETE FROM memory_codes WHERE chunk_id = %s", [(key,) for key in keys])
+    cursor.executemany("DELETE FROM memory_vectors WHERE chunk_id = %s", [(key,) for key in keys])
+
+
+def _sqlite_code_rows(cursor: Any, keys: Sequence[int]) -> list[tuple[Any, ...]]:
+    """(chunk key, owner key, code, context type, agent) of these chunks' code rows, one point query each."""
+    rows = []
+    for key in keys:
+        cursor.execute(
+            "SELECT chunk_id, owner_id, code, context_type, agent_id FROM memory_codes WHERE chunk_id = %s", [key]
+        )
+        rows.extend(cursor.fetchall())
+    return rows
 
 
 def index_remove(memory_ids: Sequence[int]) -> None:
+    """Take memories out of the index, every chunk of each."""
     if not memory_ids:
         return
-    key = "memory_id" if _postgres() else "rowid"
     with connection.cursor() as cursor:
-        # vec0 deletes one row at a time by its primary key; a plain IN works on both engines.
-        cursor.executemany("DELETE FROM memory_vectors WHERE memory_id = %s", [(m,) for m in memory_ids])
-        if not _postgres():
-            cursor.executemany("DELETE FROM memory_codes WHERE memory_id = %s", [(m,) for m in memory_ids])
-        cursor.executemany(f"DELETE FROM memory_fts WHERE {key} = %s", [(m,) for m in memory_ids])
+        if _postgres():
+            cursor.executemany("DELETE FROM memory_vectors WHERE memory_id = %s", [(m,) for m in memory_ids])
+            cursor.executemany("DELETE FROM memory_fts WHERE memory_id = %s", [(m,) for m in memory_ids])
+            return
+        _sqlite_delete_chunks(cursor, [key for (key,) in _sqlite_chunks(cursor, memory_ids)])
+        cursor.executemany("DELETE FROM memory_fts WHERE rowid = %s", [(m,) for m in memory_ids])
 
 
 def index_replace_vectors(rows: Sequence[tuple[int, np.ndarray]]) -> None:
-    """New embeddings for indexed memories (a reindex with another model)."""
+    """New embeddings for indexed memories (a reindex): for each, one vector or an array of a vector per chunk,
+    however many chunks it had before. Memories not in the index (forgotten ones) are left out."""
     if not rows:
         return
     with connection.cursor() as cursor:
         if _postgres():
-            cursor.executemany(
-                "UPDATE memory_vectors SET embedding = %s::vector WHERE memory_id = %s",
-                [(_pg_vector(v), m) for m, v in rows],
+            cursor.execute(
+                "SELECT memory_id, owner_id, context_type, agent_id FROM memory_vectors "
+                f"WHERE chunk = 0 AND memory_id IN ({', '.join(['%s'] * len(rows))})",
+                [m for m, _ in rows],
             )
+            scopes = {m: (o, c, a) for m, o, c, a in cursor.fetchall()}
+            cursor.executemany("DELETE FROM memory_vectors WHERE memory_id = %s", [(m,) for m in scopes])
         else:
-            cursor.executemany(
-                "UPDATE memory_vectors SET embedding = %s WHERE memory_id = %s", [(_blob(v), m) for m, v in rows]
-            )
-            new_codes = dict(zip((m for m, _ in rows), codes(np.stack([v for _, v in rows])), strict=True))
-            _sqlite_rewrite_codes(cursor, new_codes)
-
-
-def _sqlite_rewrite_codes(cursor: Any, new_codes: dict[int, np.ndarray], *, owner: int | None = None) -> None:
-    """Write the code rows of these memories again, with new codes, or (owner) under another owner key: vec0
-    (0.1.9) takes a bit vector in INSERT but not in UPDATE, and cannot move a row to another partition."""
-    cursor.execute(
-        "SELECT memory_id, owner_id, context_type, agent_id FROM memory_codes "
-        f"WHERE memory_id IN ({', '.join(['%s'] * len(new_codes))})",
-        list(new_codes),
-    )
-    scoped = cursor.fetchall()
-    cursor.executemany("DELETE FROM memory_codes WHERE memory_id = %s", [(m,) for m, *_ in scoped])
-    cursor.executemany(
-        "INSERT INTO memory_codes (memory_id, owner_id, code, context_type, agent_id) "
-        "VALUES (%s, %s, vec_bit(%s), %s, %s)",
-        [(m, o if owner is None else owner, new_codes[m].tobytes(), c, a) for m, o, c, a in scoped],
-    )
+            scopes = {
+                key >> CHUNK_BITS: (o, c, a)
+                for key, o, _, c, a in _sqlite_code_rows(cursor, [chunk_key(m, 0) for m, _ in rows])
+            }
+            _sqlite_delete_chunks(cursor, [key for (key,) in _sqlite_chunks(cursor, list(scopes))])
+        _insert_chunks(cursor, _chunk_rows([(m, v) for m, v in rows if m in scopes]), scopes)
 
 
 def index_set_owner(memory_ids: Sequence[int], owner: int) -> None:
@@ -218,55 +294,106 @@ def index_set_owner(memory_ids: Sequence[int], owner: int) -> None:
                 )
             return
         cursor.executemany("UPDATE memory_fts SET owner_id = %s WHERE rowid = %s", [(owner, m) for m in memory_ids])
-        vectors = index_vectors(memory_ids)
-        if vectors:
-            found = list(vectors)
-            _sqlite_rewrite_codes(
-                cursor, dict(zip(found, codes(np.stack([vectors[m] for m in found])), strict=True)), owner=owner
-            )
+        # vec0 (0.1.9) cannot move a row to another partition: each code row is written again under the new key.
+        moved = _sqlite_code_rows(cursor, [key for (key,) in _sqlite_chunks(cursor, memory_ids)])
+        cursor.executemany("DELETE FROM memory_codes WHERE chunk_id = %s", [(key,) for key, *_ in moved])
+        cursor.executemany(
+            "INSERT INTO memory_codes (chunk_id, owner_id, code, context_type, agent_id) "
+            "VALUES (%s, %s, vec_bit(%s), %s, %s)",
+            [(key, owner, code, kind, agent) for key, _, code, kind, agent in moved],
+        )
 
 
 def index_vectors(memory_ids: Sequence[int]) -> dict[int, np.ndarray]:
-    """The stored vectors of these memories (for near-duplicate checks and re-ranking)."""
+    """The stored vectors of these memories, each as an array of shape (chunks, DIMENSIONS), first chunk first."""
     if not memory_ids:
         return {}
-    placeholders = ", ".join(["%s"] * len(memory_ids))
+    chunks: dict[int, list[np.ndarray]] = {}
     with connection.cursor() as cursor:
         if _postgres():
             cursor.execute(
-                f"SELECT memory_id, embedding::text FROM memory_vectors WHERE memory_id IN ({placeholders})",
+                "SELECT memory_id, embedding::text FROM memory_vectors "
+                f"WHERE memory_id IN ({', '.join(['%s'] * len(memory_ids))}) ORDER BY memory_id, chunk",
                 list(memory_ids),
             )
-            return {m: np.array(text.strip("[]").split(","), dtype=np.float32) for m, text in cursor.fetchall()}
-        cursor.execute(
-            f"SELECT memory_id, embedding FROM memory_vectors WHERE memory_id IN ({placeholders})", list(memory_ids)
-        )
-        return {m: np.frombuffer(blob, dtype=np.float32) for m, blob in cursor.fetchall()}
+            for m, text in cursor.fetchall():
+                chunks.setdefault(m, []).append(np.array(text.strip("[]").split(","), dtype=np.float32))
+        else:
+            for key, blob in _sqlite_chunks(cursor, memory_ids, "chunk_id, embedding"):
+                chunks.setdefault(key >> CHUNK_BITS, []).append(np.frombuffer(blob, dtype=np.float32))
+    return {m: np.stack(vectors) for m, vectors in chunks.items()}
+
+
+def index_similarity(memory_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
+    """The cosine of `query` and each of these memories' best chunk (memories not in the index are left out)."""
+    if not memory_ids:
+        return {}
+    if _postgres():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT memory_id, max(1 - (embedding <=> %s::vector)) FROM memory_vectors "
+                f"WHERE memory_id IN ({', '.join(['%s'] * len(memory_ids))}) GROUP BY memory_id",
+                [_pg_vector(query), *memory_ids],
+            )
+            return {int(m): float(s) for m, s in cursor.fetchall()}
+    q = np.asarray(query, dtype=np.float32).reshape(DIMENSIONS)
+    return {m: float(np.max(vectors @ q)) for m, vectors in index_vectors(memory_ids).items()}
 
 
 def vector_search(query: np.ndarray, *, scope: Scope, k: int) -> list[tuple[int, float]]:
-    """The k nearest memories in scope, as (memory id, cosine similarity), best first."""
+    """The k nearest memories in scope, as (memory id, cosine similarity of its best chunk), best first, each
+    memory once."""
     if k < 1 or (scope.owner_ids is not None and not scope.owner_ids):
         return []
     where, params = _scope_sql(scope)
     with transaction.atomic(), connection.cursor() as cursor:  # SET LOCAL lasts until the end of a transaction
         if _postgres():
-            vector = _pg_vector(query)
-            sql = (
-                f"SELECT memory_id, 1 - (embedding <=> %s::vector) FROM memory_vectors WHERE TRUE{where} "
-                "ORDER BY embedding <=> %s::vector LIMIT %s"
-            )
-            cursor.execute(f"SET LOCAL hnsw.ef_search = {int(max(HNSW_EF_SEARCH, k))}")
-            cursor.execute(sql, [vector, *params, vector, k])
-            hits = cursor.fetchall()
-            if len(hits) < k and where:
-                # The graph's candidates ran out before k rows passed the filter: scan exactly instead.
-                cursor.execute("SET LOCAL enable_indexscan = off")
-                cursor.execute(sql, [vector, *params, vector, k])
-                hits = cursor.fetchall()
+            hits = _postgres_vector_search(cursor, query, k, where, params)
         else:
             hits = _sqlite_vector_search(cursor, query, scope, k, where, params)
     return [(int(m), float(s)) for m, s in hits]
+
+
+def _best_per_memory(memory_ids: np.ndarray, similarity: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k best memories among chunks (a memory id and a cosine each), each by its best chunk, best first."""
+    order = np.argsort(-similarity, kind="stable")
+    _, first = np.unique(memory_ids[order], return_index=True)  # each memory's best chunk's place in `order`
+    best = order[np.sort(first)[:k]]
+    return [(int(m), float(s)) for m, s in zip(memory_ids[best], similarity[best], strict=True)]
+
+
+def _postgres_vector_search(
+    cursor: Any, query: np.ndarray, k: int, where: str, params: list[Any]
+) -> list[tuple[int, float]]:
+    vector = _pg_vector(query)
+    sql = (
+        f"SELECT memory_id, 1 - (embedding <=> %s::vector) FROM memory_vectors WHERE TRUE{where} "
+        "ORDER BY embedding <=> %s::vector LIMIT %s"
+    )
+    # Twice k chunks, so that a memory or two of several chunks do not leave the answer short.
+    wanted = 2 * k
+    width = 0
+    exact = False
+    while True:
+        if not exact and width < min(HNSW_EF_SEARCH_MAX, max(HNSW_EF_SEARCH, wanted)):
+            width = min(HNSW_EF_SEARCH_MAX, max(HNSW_EF_SEARCH, wanted))
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {width}")
+        cursor.execute(sql, [vector, *params, vector, wanted])
+        rows = cursor.fetchall()
+        hits = _best_per_memory(
+            np.array([m for m, _ in rows], dtype=np.int64), np.array([s for _, s in rows], dtype=np.float64), k
+        )
+        if len(hits) == k:
+            return hits
+        if len(rows) == wanted:
+            # Chunks of the same memories took the places: ask for more.
+            wanted *= 4
+        elif not exact:
+            # The graph's candidates ran out before enough rows passed the filter: scan exactly instead.
+            cursor.execute("SET LOCAL enable_indexscan = off")
+            exact = True
+        else:
+            return hits
 
 
 def _sqlite_vector_search(
@@ -277,20 +404,27 @@ def _sqlite_vector_search(
     else:
         candidates = max(3 * k, -(-MIN_CANDIDATES // len(scope.owner_ids)))
     q = np.asarray(query, dtype=np.float32).reshape(DIMENSIONS)
-    cursor.execute(
-        f"SELECT memory_id FROM memory_codes WHERE code MATCH vec_bit(%s) AND k = %s{where}",
-        [codes(q)[0].tobytes(), candidates, *params],
-    )
-    ids = [m for (m,) in cursor.fetchall()]
-    if not ids:
-        return []
-    cursor.execute(
-        f"SELECT memory_id, embedding FROM memory_vectors WHERE memory_id IN ({', '.join(['%s'] * len(ids))})", ids
-    )
-    rows = cursor.fetchall()
-    similarity = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(-1, DIMENSIONS) @ q
-    best = np.argsort(-similarity, kind="stable")[:k]
-    return [(rows[i][0], float(similarity[i])) for i in best]
+    code = codes(q)[0].tobytes()
+    while True:
+        cursor.execute(
+            f"SELECT chunk_id FROM memory_codes WHERE code MATCH vec_bit(%s) AND k = %s{where}",
+            [code, min(candidates, KNN_MAX), *params],
+        )
+        keys = [key for (key,) in cursor.fetchall()]
+        if not keys:
+            return []
+        cursor.execute(
+            f"SELECT chunk_id, embedding FROM memory_vectors WHERE chunk_id IN ({', '.join(['%s'] * len(keys))})",
+            keys,
+        )
+        rows = cursor.fetchall()
+        similarity = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(-1, DIMENSIONS) @ q
+        memory_ids = np.array([key for key, _ in rows], dtype=np.int64) >> CHUNK_BITS
+        hits = _best_per_memory(memory_ids, similarity, k)
+        if len(hits) == k or len(keys) < candidates or candidates >= KNN_MAX:
+            return hits
+        # Chunks of the same memories took the candidates' places: ask for more.
+        candidates *= 2
 
 
 def keyword_terms(text: str) -> list[str]:

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from apps.events.services import clean_multiline_text, log_event
 from apps.memory import index
-from apps.memory.embeddings import Embedder, get_embedder
+from apps.memory.embeddings import Embedder, embed_chunks, get_embedder
 from apps.memory.models import MemoryEntry
 
 User = AbstractBaseUser | AnonymousUser
@@ -30,6 +30,9 @@ CONTENT_MAX = 20_000
 # same things, too little to lift one the embedder finds unrelated (docs/architecture.md has the measurements).
 FULL_MATCH_BOOST = 0.1
 SEARCH_LIMIT_MAX = 50
+# Stored memories a new one is compared with whole (closeness), the nearest to its first chunk: among memories of
+# several chunks, the one it duplicates may not be the very nearest.
+DUPLICATE_CANDIDATES = 5
 REASON_MAX = 300
 # Reading other users' private memories and chats: superusers have it, other staff only when granted.
 PRIVATE_PERMISSION = "memory.view_private_memories"
@@ -167,11 +170,12 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
     if not items:
         return []
     embedder = get_embedder()
-    vectors = embedder.embed(texts)
+    # Every chunk of every memory in one embed() call: a batch of short memories is embedded as it always was.
+    chunks = embed_chunks(embedder, texts)
     digests = [content_hash(text) for text in texts]
     now = timezone.now()
     with transaction.atomic():
-        duplicates = [None] * len(items) if keep_both else _find_duplicates(items, vectors, digests)
+        duplicates = [None] * len(items) if keep_both else _find_duplicates(items, chunks, digests)
         new = [i for i, duplicate in enumerate(duplicates) if duplicate is None]
         # A public item that duplicates a shared one makes that one public: it is what was asked to be public.
         public = {i for i in new if items[i].public}
@@ -200,7 +204,7 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
                     owner=items[i].owner,
                     public=i in public,
                     embedding_model=embedder.name,
-                    embedding_dimensions=len(vectors[i]),
+                    embedding_dimensions=chunks[i].shape[1],
                     content_hash=digests[i],
                 )
                 for i in new
@@ -209,7 +213,16 @@ def store_memories(items: Sequence[NewMemory], *, keep_both: bool = False) -> li
         memories: dict[int, MemoryEntry] = dict(zip(new, created, strict=True))
         index.index_add(
             [
-                index.IndexRow(m.pk, vectors[i], m.content, m.owner_id, m.context_type, m.agent_id, m.public)
+                index.IndexRow(
+                    m.pk,
+                    chunks[i][0],
+                    m.content,
+                    m.owner_id,
+                    m.context_type,
+                    m.agent_id,
+                    m.public,
+                    chunks=tuple(chunks[i][1:]),
+                )
                 for i, m in memories.items()
             ]
         )
@@ -270,13 +283,33 @@ def store_memory(
     return store_memories([item], keep_both=keep_both)[0]
 
 
-def _find_duplicates(items: Sequence[NewMemory], vectors: Any, digests: list[str]) -> list[_Duplicate | None]:
-    """For each item, what it duplicates among the live memories of its owner and the earlier items."""
+def closeness(a: np.ndarray, b: np.ndarray) -> float:
+    """How alike two memories are, from their chunks' vectors (rows): the cosine of the chunk, of either memory,
+    least like any chunk of the other. For two memories of one chunk each, their cosine."""
+    similarity = a @ b.T
+    return float(min(similarity.max(axis=1).min(), similarity.max(axis=0).min()))
+
+
+def _find_duplicates(
+    items: Sequence[NewMemory], chunks: Sequence[np.ndarray], digests: list[str]
+) -> list[_Duplicate | None]:
+    """For each item, what it duplicates among the live memories of its owner and the earlier items.
+
+    A near duplicate is a whole memory alike (closeness at least MEMORY_NEAR_DUPLICATE): every chunk of each has a
+    chunk of the other about as close. Neither the first chunks alone nor the means of the chunks will do: two long
+    diaries that began with the same four days have the same first chunk, and the means of two that share only
+    their style and subjects are 0.97 alike (tests/memory/test_long_memories.py), so the second one would be lost.
+    Such a duplicate has a chunk at least that close to the new memory's first chunk, so the candidates are the
+    memories nearest to it."""
     stored = {
         (m.content_hash, m.owner_id): m
         for m in MemoryEntry.objects.filter(content_hash__in=set(digests), deleted_at__isnull=True)
     }
     threshold = settings.MEMORY_NEAR_DUPLICATE
+    # Every chunk of the batch, the item each belongs to, and where each item's chunks begin.
+    rows = np.concatenate(chunks)
+    item_of_row = np.repeat(np.arange(len(chunks)), [len(c) for c in chunks])
+    first_row = np.cumsum([0, *(len(c) for c in chunks)])
     found: list[_Duplicate | None] = []
     first: dict[tuple[str, int | None], int] = {}
     for i, item in enumerate(items):
@@ -289,15 +322,29 @@ def _find_duplicates(items: Sequence[NewMemory], vectors: Any, digests: list[str
             found.append(_Duplicate("exact", first[key]))
             continue
         first[key] = i
-        similar: list[int] = np.flatnonzero(vectors[:i] @ vectors[i] >= threshold).tolist() if i else []
-        earlier = [j for j in similar if found[j] is None and _owner_key(items[j].owner) == _owner_key(item.owner)]
+        head = chunks[i][0]
+        before = first_row[i]
+        near = np.unique(item_of_row[:before][rows[:before] @ head >= threshold]).tolist() if before else []
+        earlier = [
+            j
+            for j in near
+            if found[j] is None
+            and _owner_key(items[j].owner) == _owner_key(item.owner)
+            and closeness(chunks[j], chunks[i]) >= threshold
+        ]
         if earlier:
             found.append(_Duplicate("near", int(earlier[0])))
             continue
-        nearest = index.vector_search(vectors[i], scope=index.Scope(owner_ids=_same_owner_keys(item.owner)), k=1)
+        nearest = index.vector_search(
+            head, scope=index.Scope(owner_ids=_same_owner_keys(item.owner)), k=DUPLICATE_CANDIDATES
+        )
+        # A memory's closeness is at most its best chunk's cosine to the first chunk: only those may qualify.
+        possible = [m for m, similarity in nearest if similarity >= threshold]
+        alike = {m: closeness(v, chunks[i]) for m, v in index.index_vectors(possible).items()}
+        best = max(alike, key=lambda m: (alike[m], -m), default=None)
         same = None
-        if nearest and nearest[0][1] >= threshold:
-            same = MemoryEntry.objects.filter(pk=nearest[0][0], deleted_at__isnull=True).first()
+        if best is not None and alike[best] >= threshold:
+            same = MemoryEntry.objects.filter(pk=best, deleted_at__isnull=True).first()
         found.append(_Duplicate("near", same) if same is not None else None)
     return found
 
@@ -338,7 +385,7 @@ def search_memories(
     similarity = dict(index.vector_search(vector, scope=scope, k=depth))
     by_keyword = index.keyword_search(query, scope=scope, k=depth)
     unseen = [m for m, _ in by_keyword if m not in similarity]
-    similarity.update((m, float(v @ vector)) for m, v in index.index_vectors(unseen).items())
+    similarity.update(index.index_similarity(unseen, vector))
     by_keyword = [(m, relevance) for m, relevance in by_keyword if m in similarity]
     scores = dict(similarity)
     best_relevance = by_keyword[0][1] if by_keyword else 0.0
@@ -483,8 +530,9 @@ def memory_set_public(*, memory_id: int, public: bool, actor: User) -> MemoryEnt
 def reindex(
     *, batch_size: int = 64, everything: bool = False, progress: Callable[[int, int], None] | None = None
 ) -> int:
-    """Re-embed live memories made by another embedder than the current one (or every one), in batches, so
-    their vectors can be compared with new ones. Returns how many were re-embedded."""
+    """Re-embed live memories made by another embedder than the current one, or stored before long memories were
+    cut into chunks (marked so by migration 0004), or every one, every chunk of each, in batches, so their vectors
+    can be compared with new ones. Returns how many were re-embedded."""
     embedder = get_embedder()
     pending = MemoryEntry.objects.filter(deleted_at__isnull=True)
     if not everything:
@@ -496,9 +544,9 @@ def reindex(
         batch = list(pending.filter(pk__gt=last_id).order_by("pk").only("pk", "content")[:batch_size])
         if not batch:
             return done
-        vectors = embedder.embed([memory.content for memory in batch])
+        chunks = embed_chunks(embedder, [memory.content for memory in batch])
         with transaction.atomic():
-            index.index_replace_vectors([(memory.pk, vector) for memory, vector in zip(batch, vectors, strict=True)])
+            index.index_replace_vectors([(memory.pk, c) for memory, c in zip(batch, chunks, strict=True)])
             MemoryEntry.objects.filter(pk__in=[memory.pk for memory in batch]).update(
                 embedding_model=embedder.name, embedding_dimensions=embedder.dimensions
             )

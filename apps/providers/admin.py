@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from apps.providers import services
-from apps.providers.models import Provider, ProviderMetrics, ProviderRequest
+from apps.providers.models import ModelCall, Provider, ProviderMetrics, ProviderRequest
 
 
 def _metrics(provider: Provider) -> ProviderMetrics:
@@ -119,4 +119,26 @@ class ProviderRequestAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: ProviderRequest | None = None) -> bool:
+        return False
+
+
+@admin.register(ModelCall)
+class ModelCallAdmin(admin.ModelAdmin):
+    """Traces are written by the router alone: read-only here (the trace page shows them readably)."""
+
+    list_display = [
+        "id", "started_at", "purpose", "outcome", "provider", "model", "agent", "task", "user", "tokens_in",
+        "tokens_out", "time_to_first_token_ms", "latency_ms",
+    ]  # fmt: skip
+    list_filter = ["outcome", "purpose", "provider"]
+    list_select_related = ["agent", "task", "user"]
+    search_fields = ["provider", "model", "user__username", "agent__name"]
+    date_hierarchy = "started_at"
+    show_full_result_count = False
+    raw_id_fields = ["user", "agent", "task", "chat_message", "upgrade_request"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ModelCall | None = None) -> bool:
         return False

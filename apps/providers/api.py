@@ -10,7 +10,7 @@ from apps.core.api_contract import JSON_INTEGER, errors
 from apps.core.auth import require_staff
 from apps.providers import router as cascade
 from apps.providers import selectors, services
-from apps.providers.models import Provider
+from apps.providers.models import ModelCall, Provider
 
 router = Router(tags=["router"])
 
@@ -151,12 +151,13 @@ def status(request: HttpRequest) -> dict[str, Any]:
     summary="A completion from the first provider that answers",
 )
 def complete(request: HttpRequest, payload: CompleteIn) -> Any:
-    require_staff(request)
+    user = require_staff(request)
     try:
         return cascade.complete(
             [m.model_dump() for m in payload.messages],
             system_prompt=payload.system_prompt,
             max_tokens=payload.max_tokens,
+            trace=cascade.TraceContext(purpose=ModelCall.Purpose.API, user_id=user.pk),
         )
     except cascade.AllProvidersFailed as exc:
         attempts = [

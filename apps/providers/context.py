@@ -89,6 +89,8 @@ class Fitted:
     context_sent: int = 0
     context_dropped: int = 0
     notes: list[str] = field(default_factory=list)
+    # Which of the prompt's context pieces went in (their indexes), for the trace.
+    context_kept: tuple[int, ...] = ()
 
     def summary(self) -> dict[str, int]:
         """For the events: what went in and what was left out."""
@@ -126,16 +128,18 @@ def fit(prompt: Prompt, *, window: int, scale: float = 1.0) -> Fitted:
         raise DoesNotFit(used, window, reserve)
 
     kept_context: list[str] = []
+    kept_indexes: list[int] = []
     if prompt.context:
         share = int(budget * prompt.context_share)
         if prompt.context_max_tokens is not None:
             share = min(share, prompt.context_max_tokens)
         heading = f"\n\n{prompt.context_heading}:\n" if prompt.context_heading else "\n\n"
         context_used = round(estimate_tokens(heading) * scale) if system_message else MESSAGE_OVERHEAD_TOKENS
-        for piece in prompt.context:
+        for index, piece in enumerate(prompt.context):
             cost = round((estimate_tokens(piece) + 1) * scale)
             if context_used + cost <= share and used + context_used + cost <= budget:
                 kept_context.append(piece)
+                kept_indexes.append(index)
                 context_used += cost
         if kept_context:
             used += context_used
@@ -171,6 +175,7 @@ def fit(prompt: Prompt, *, window: int, scale: float = 1.0) -> Fitted:
         history_dropped=len(history) - len(kept_history),
         context_sent=len(kept_context),
         context_dropped=len(prompt.context) - len(kept_context),
+        context_kept=tuple(kept_indexes),
     )
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 from django.db import transaction
 from django.utils import timezone
@@ -20,8 +20,11 @@ from apps.events.services import log_event
 from apps.providers import services, windows
 from apps.providers.clients import Chunk, ProviderCallError, Reply, client_for, monotonic_ms
 from apps.providers.context import DoesNotFit, Fitted, Message, Prompt, fit, shrink_after
-from apps.providers.models import Provider, ProviderRequest
+from apps.providers.models import ModelCall, Provider, ProviderRequest
 from apps.providers.selectors import providers_in_order
+from apps.providers.services import TraceContext
+
+__all__ = ["AllProvidersFailed", "Completion", "CompletionStream", "RouterError", "TraceContext", "complete"]
 
 SOURCE = "providers.router"
 Clock = Callable[[], datetime]
@@ -83,12 +86,65 @@ class StreamInterrupted(RouterError):
 
 @dataclass
 class _Call:
-    """Shared bookkeeping of one `complete` call across the providers it tries."""
+    """Shared bookkeeping of one `complete` call across the providers it tries, and its trace."""
 
     clock: Clock
+    parts: Prompt
     on_failover: OnFailover | None = None
+    trace: TraceContext | None = None
     attempts: list[Attempt] = field(default_factory=list)
     last_failed: Attempt | None = None
+    # The prompt as last fitted: what the answering provider (or the last one tried) was sent.
+    fitted: Fitted | None = None
+    request_ids: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    started_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.started_at = self.clock()
+
+    @property
+    def agent_id(self) -> int | None:
+        """Who the call was made for, counted with each request in the usage figures."""
+        return self.trace.agent_id if self.trace is not None else None
+
+    def record(
+        self,
+        outcome: str,
+        *,
+        provider: str,
+        model: str,
+        latency_ms: int,
+        reply: str = "",
+        error: str = "",
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        time_to_first_token_ms: int | None = None,
+    ) -> None:
+        attempts = [
+            {"provider": a.provider, "reason": a.reason, "error_class": a.error_class, "skipped": a.skipped}
+            for a in self.attempts
+        ]
+        if outcome != ModelCall.Outcome.FAILED:
+            reason = "answered" if outcome == ModelCall.Outcome.OK else "answered; stopped by the caller"
+            attempts.append({"provider": provider, "reason": reason, "error_class": "", "skipped": False})
+        services.model_call_record(
+            trace=self.trace,
+            started_at=self.started_at or self.clock(),
+            outcome=outcome,
+            provider=provider,
+            model=model,
+            latency_ms=latency_ms,
+            messages=_sent_messages(self.parts, self.fitted),
+            attempts=attempts,
+            fitting=self.fitted.summary() if self.fitted is not None else {},
+            request_ids=self.request_ids,
+            reply=reply,
+            error=error,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            time_to_first_token_ms=time_to_first_token_ms,
+        )
 
     def disabled(self, provider: Provider) -> None:
         self.attempts.append(
@@ -126,7 +182,7 @@ class _Call:
         self.last_failed = attempt
 
     def failed(self, provider: Provider, error: ProviderCallError, *, latency_ms: int) -> None:
-        services.breaker_record_failure(
+        request = services.breaker_record_failure(
             provider,
             now=self.clock(),
             error_class=error.error_class,
@@ -134,7 +190,9 @@ class _Call:
             latency_ms=latency_ms,
             model=provider.model,
             counts_for_breaker=error.counts_for_breaker,
+            agent_id=self.agent_id,
         )
+        self.request_ids.append(request.pk)
         reason = f"configuration error: {error.message}" if error.is_configuration_error else error.message
         attempt = Attempt(provider.name, reason, error.error_class)
         self.attempts.append(attempt)
@@ -142,6 +200,14 @@ class _Call:
 
     def all_failed(self) -> AllProvidersFailed:
         error = AllProvidersFailed(self.attempts)
+        tried = [a for a in self.attempts if not a.skipped] or self.attempts
+        self.record(
+            ModelCall.Outcome.FAILED,
+            provider=tried[-1].provider if tried else "",
+            model="",
+            latency_ms=monotonic_ms(self.started),
+            error=str(error),
+        )
         with transaction.atomic():
             log_event(
                 EventType.SYSTEM_ERROR,
@@ -195,6 +261,7 @@ def complete(
     stream: Literal[False] = ...,
     clock: Clock = ...,
     on_failover: OnFailover | None = ...,
+    trace: TraceContext | None = ...,
 ) -> Completion: ...
 
 
@@ -207,6 +274,7 @@ def complete(
     stream: Literal[True],
     clock: Clock = ...,
     on_failover: OnFailover | None = ...,
+    trace: TraceContext | None = ...,
 ) -> "CompletionStream": ...
 
 
@@ -218,6 +286,7 @@ def complete(
     stream: bool = False,
     clock: Clock = timezone.now,
     on_failover: OnFailover | None = None,
+    trace: TraceContext | None = None,
 ) -> "Completion | CompletionStream":
     """The first answer from the providers in order; raises AllProvidersFailed when none answers.
 
@@ -226,9 +295,12 @@ def complete(
     prompt fitted again, smaller, once, before the next provider is tried.
 
     With stream=True, a CompletionStream: failover happens only until a provider sends its first chunk.
+
+    Every call is traced (apps.providers.models.ModelCall; a stream once it ends): `trace` says who it was made
+    for, and gets the trace's id.
     """
-    call = _Call(clock=clock, on_failover=on_failover)
     parts = _prompt(prompt, system_prompt=system_prompt, max_tokens=max_tokens)
+    call = _Call(clock=clock, parts=parts, on_failover=on_failover, trace=trace)
     for provider in _candidates(call):
         started = time.monotonic()
         try:
@@ -239,11 +311,22 @@ def complete(
             return sent
         reply, fitted = sent
         latency_ms = monotonic_ms(started)
-        services.breaker_record_success(
+        request_id = services.breaker_record_success(
             provider,
             now=clock(),
             latency_ms=latency_ms,
             model=reply.model,
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+            agent_id=call.agent_id,
+        )
+        call.request_ids.append(request_id)
+        call.record(
+            ModelCall.Outcome.OK,
+            provider=provider.name,
+            model=reply.model,
+            latency_ms=latency_ms,
+            reply=reply.content,
             tokens_in=reply.tokens_in,
             tokens_out=reply.tokens_out,
         )
@@ -272,6 +355,7 @@ def _send(call: _Call, provider: Provider, parts: Prompt, *, stream: bool) -> "t
         except DoesNotFit as error:
             call.too_long(provider, error)
             raise _Failed from error
+        call.fitted = fitted
         if attempt == 1:
             call.before_request(provider)
         started = time.monotonic()
@@ -291,9 +375,7 @@ def _send(call: _Call, provider: Provider, parts: Prompt, *, stream: bool) -> "t
             scale = shrink.scale
             continue
         ttft_ms = monotonic_ms(started)
-        return CompletionStream(
-            provider, first, rest, started=started, ttft_ms=ttft_ms, clock=call.clock, fitted=fitted
-        )
+        return CompletionStream(provider, first, rest, started=started, ttft_ms=ttft_ms, call=call)
     raise _Failed
 
 
@@ -311,19 +393,19 @@ class CompletionStream:
         *,
         started: float,
         ttft_ms: int,
-        clock: Clock,
-        fitted: Fitted | None = None,
+        call: _Call,
     ) -> None:
         self.provider = provider.name
         self.model = provider.model
         self.completion: Completion | None = None
-        self.fitted = fitted
+        self.fitted = call.fitted
         self._provider = provider
         self._first = first
         self._rest = rest
         self._started = started
         self._ttft_ms = ttft_ms
-        self._clock = clock
+        self._call = call
+        self._clock = call.clock
         self._iterator: Iterator[str] | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -351,15 +433,29 @@ class CompletionStream:
                     yield chunk.text
                 chunk = next(self._rest, None)
         except ProviderCallError as error:
-            services.breaker_record_failure(
+            latency_ms = monotonic_ms(self._started)
+            request = services.breaker_record_failure(
                 self._provider,
                 now=self._clock(),
                 error_class=error.error_class,
                 message=f"stopped mid-reply: {error.message}",
-                latency_ms=monotonic_ms(self._started),
+                latency_ms=latency_ms,
                 model=self.model,
+                agent_id=self._call.agent_id,
             )
-            raise StreamInterrupted(self.provider, error.message, "".join(parts)) from error
+            interrupted = StreamInterrupted(self.provider, error.message, "".join(parts))
+            self._call.request_ids.append(request.pk)
+            self._call.attempts.append(Attempt(self.provider, str(interrupted), error.error_class))
+            self._call.record(
+                ModelCall.Outcome.FAILED,
+                provider=self.provider,
+                model=self.model,
+                latency_ms=latency_ms,
+                reply=interrupted.partial,
+                error=str(interrupted),
+                time_to_first_token_ms=self._ttft_ms,
+            )
+            raise interrupted from error
         except GeneratorExit:
             stopped = True
             close = getattr(self._rest, "close", None)
@@ -371,7 +467,7 @@ class CompletionStream:
         latency_ms = monotonic_ms(self._started)
         tokens_in = tokens_in or (self.fitted.prompt_tokens if self.fitted else 0)
         tokens_out = tokens_out or max(1, len(content) // 4)
-        services.breaker_record_success(
+        request_id = services.breaker_record_success(
             self._provider,
             now=self._clock(),
             latency_ms=latency_ms,
@@ -379,6 +475,18 @@ class CompletionStream:
             time_to_first_token_ms=self._ttft_ms,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
+            agent_id=self._call.agent_id,
+        )
+        self._call.request_ids.append(request_id)
+        self._call.record(
+            ModelCall.Outcome.STOPPED if stopped else ModelCall.Outcome.OK,
+            provider=self.provider,
+            model=self.model,
+            latency_ms=latency_ms,
+            reply=content,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            time_to_first_token_ms=self._ttft_ms,
         )
         self.completion = Completion(
             content=content,
@@ -400,3 +508,36 @@ def _first_text(chunks: Iterator[Chunk], provider: Provider) -> Chunk:
         if chunk.text:
             return chunk
     raise ProviderCallError(ProviderRequest.ErrorClass.OTHER, f"{provider.name} ended its stream without any text")
+
+
+def _sent_messages(parts: Prompt, fitted: Fitted | None) -> list[dict[str, Any]]:
+    """The messages of `fitted` (or of the prompt, when no provider was sent anything), each marked with what it
+    is: the system prompt (with the context pieces put into it), earlier turns, the message answered."""
+    if fitted is not None:
+        messages = fitted.messages
+        history_sent = fitted.history_sent
+        context = [parts.context[i] for i in fitted.context_kept]
+    else:
+        messages = [{"role": "system", "content": parts.system}] if parts.system else []
+        messages += [{"role": m["role"], "content": m["content"]} for m in parts.messages]
+        history_sent = 0
+        context = []
+    sent: list[dict[str, Any]] = []
+    start = 0
+    if messages and messages[0]["role"] == "system" and (parts.system or context):
+        first: dict[str, Any] = {**messages[0], "kind": "system" if parts.system else "context"}
+        if context:
+            first.update(prompt=parts.system, context=context, context_heading=parts.context_heading)
+        sent.append(first)
+        start = 1
+    last = len(messages) - 1
+    for position in range(start, len(messages)):
+        message = messages[position]
+        if position < start + history_sent:
+            kind = "history"
+        elif position == last and message["role"] == "user":
+            kind = "user"
+        else:
+            kind = "message"
+        sent.append({"role": message["role"], "content": message["content"], "kind": kind})
+    return sent

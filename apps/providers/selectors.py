@@ -1,13 +1,26 @@
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
-from django.db.models import Max, QuerySet
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import Max, QuerySet, Sum
+from django.utils import timezone
 
 from apps.providers.clients import CONFIGURATION_ERRORS, redact
-from apps.providers.models import CircuitState, Provider, ProviderMetrics, ProviderRequest
+from apps.providers.models import (
+    HISTOGRAM_BOUNDS,
+    LATENCY_COLUMNS,
+    TTFT_COLUMNS,
+    CircuitState,
+    ModelCall,
+    Provider,
+    ProviderMetrics,
+    ProviderRequest,
+    UsageDay,
+)
+from apps.swarm.models import Agent
 
 STATUS_WINDOW_SECONDS = 3600
 STATUS_BUCKET_SECONDS = 300
@@ -22,6 +35,32 @@ def providers_in_order(*, enabled_only: bool = True) -> QuerySet[Provider]:
 
 def provider_requests_recent(*, provider: Provider, now: datetime, seconds: int = 3600) -> QuerySet[ProviderRequest]:
     return ProviderRequest.objects.filter(provider=provider, started_at__gte=now - timedelta(seconds=seconds))
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    name: str
+    circuit_state: str
+    circuit_label: str
+    last_error: str
+    last_error_at: datetime | None
+
+
+def providers_health() -> list[ProviderHealth]:
+    """Each enabled provider's breaker and last error, in router order (one query), for the home page."""
+    health = []
+    for provider in providers_in_order():
+        metrics = _metrics(provider)
+        health.append(
+            ProviderHealth(
+                name=provider.name,
+                circuit_state=metrics.circuit_state,
+                circuit_label=str(CircuitState(metrics.circuit_state).label),
+                last_error=text_for_display(metrics.last_error),
+                last_error_at=metrics.last_error_at,
+            )
+        )
+    return health
 
 
 def provider_by_id(pk: int) -> Provider | None:
@@ -318,3 +357,310 @@ def _last_success(provider_ids: list[int]) -> dict[int, datetime]:
         .values_list("provider_id", "last")
     )
     return dict(rows)
+
+
+# --- traces ---
+
+TRACES_PAGE = 50
+# What a trace page shows of each kind of message.
+MESSAGE_KINDS = {
+    "system": "system prompt",
+    "context": "memory context",
+    "history": "history",
+    "user": "user message",
+    "message": "message",
+}
+
+
+def model_calls_visible_to(user: User | AnonymousUser) -> QuerySet[ModelCall]:
+    """Staff see every trace; anyone else only those of their own chats."""
+    if user.is_staff:
+        return ModelCall.objects.all()
+    if user.pk is None:
+        return ModelCall.objects.none()
+    return ModelCall.objects.filter(user_id=user.pk, purpose=ModelCall.Purpose.CHAT)
+
+
+def model_call_for(*, user: User | AnonymousUser, pk: int) -> ModelCall | None:
+    return (
+        model_calls_visible_to(user)
+        .select_related("agent", "task", "user", "chat_message", "upgrade_request")
+        .filter(pk=pk)
+        .first()
+    )
+
+
+def model_call_of_chat_message(*, user: User | AnonymousUser, message_id: int) -> int | None:
+    return (
+        model_calls_visible_to(user)
+        .filter(chat_message_id=message_id)
+        .order_by("-id")
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class TraceFilters:
+    outcome: str = ""
+    provider: str = ""
+    agent: str = ""
+    task_id: int | None = None
+    before: int | None = None
+
+
+def model_calls_recent(
+    *, user: User | AnonymousUser, filters: TraceFilters, limit: int = TRACES_PAGE
+) -> tuple[list[ModelCall], int | None]:
+    """A page of traces, newest first, and the id to page on from (None on the last page)."""
+    calls = (
+        model_calls_visible_to(user)
+        .select_related("agent", "user")
+        # The list shows none of the text: leave the large columns in the database.
+        .defer("messages", "reply", "error", "attempts", "fitting")
+        .order_by("-id")
+    )
+    if filters.outcome:
+        calls = calls.filter(outcome=filters.outcome)
+    if filters.provider:
+        calls = calls.filter(provider=filters.provider)
+    if filters.agent:
+        calls = calls.filter(agent__name=filters.agent)
+    if filters.task_id is not None:
+        calls = calls.filter(task_id=filters.task_id)
+    if filters.before is not None:
+        calls = calls.filter(id__lt=filters.before)
+    page = list(calls[: limit + 1])
+    return page[:limit], (page[limit - 1].pk if len(page) > limit else None)
+
+
+@dataclass(frozen=True)
+class ShownMessage:
+    role: str
+    kind: str
+    content: str
+    cut: bool = False
+    # A system message with context put into it: its own text, then the pieces.
+    prompt: str = ""
+    context: list[str] = field(default_factory=list)
+    context_heading: str = ""
+    context_cut: int = 0
+
+
+def trace_messages_for_display(call: ModelCall) -> list[ShownMessage]:
+    shown = []
+    for message in call.messages:
+        kind = MESSAGE_KINDS.get(message.get("kind", ""), "message")
+        content = message.get("content", "")
+        if "context" in message:
+            prompt = content[: message.get("prompt_chars", 0)]
+            shown.append(
+                ShownMessage(
+                    role=message.get("role", ""),
+                    kind=kind,
+                    content=content,
+                    cut=bool(message.get("cut")),
+                    prompt=prompt,
+                    context=list(message["context"]),
+                    context_heading=message.get("context_heading", ""),
+                    context_cut=int(message.get("context_cut", 0)),
+                )
+            )
+        else:
+            shown.append(
+                ShownMessage(role=message.get("role", ""), kind=kind, content=content, cut=bool(message.get("cut")))
+            )
+    return shown
+
+
+def provider_names() -> list[str]:
+    return list(Provider.objects.order_by("priority", "name").values_list("name", flat=True))
+
+
+# --- usage (read from the daily rollup, UsageDay; never from the request rows) ---
+
+# The windows the usage page offers, as (value, label, length).
+USAGE_WINDOWS = {
+    "24h": ("last 24 hours", timedelta(hours=24)),
+    "7d": ("last 7 days", timedelta(days=7)),
+    "30d": ("last 30 days", timedelta(days=30)),
+}
+USAGE_DEFAULT_WINDOW = "7d"
+NO_AGENT = "none/system"
+_COUNTS = ("calls", "ok", "caller_errors", "provider_failures", "tokens_in", "tokens_out")
+_BUCKETS = len(HISTOGRAM_BOUNDS)
+
+
+class UnknownWindow(ValueError):
+    pass
+
+
+def usage_window(value: str) -> str:
+    """The window asked for, or UnknownWindow saying which ones there are."""
+    if value not in USAGE_WINDOWS:
+        offered = ", ".join(USAGE_WINDOWS)
+        raise UnknownWindow(f"Unknown window {value[:40]!r}: choose one of {offered}.")
+    return value
+
+
+def histogram_percentile(histogram: list[int], p: float) -> int | None:
+    """The nearest-rank percentile of the values counted in `histogram` (HISTOGRAM_BOUNDS), as a value of the bucket
+    it falls in (the geometric middle): the exact percentile is in the same bucket."""
+    total = sum(histogram)
+    if not total:
+        return None
+    rank = max(1, math.ceil(p / 100 * total))
+    seen = 0
+    for index, count in enumerate(histogram):
+        seen += count
+        if seen >= rank:
+            low = HISTOGRAM_BOUNDS[index]
+            if index + 1 == _BUCKETS:
+                return low
+            high = HISTOGRAM_BOUNDS[index + 1]
+            return low if high - low == 1 else int(math.sqrt(low * high))
+    raise AssertionError("unreachable: the counts add up to total")
+
+
+def _added(histogram: list[int] | None, other: list[int]) -> list[int]:
+    return list(other) if histogram is None else [a + b for a, b in zip(histogram, other, strict=True)]
+
+
+@dataclass
+class UsageLine:
+    """The figures of one provider, model, agent or day over the window."""
+
+    label: str
+    calls: int = 0
+    ok: int = 0
+    caller_errors: int = 0
+    provider_failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency: list[int] | None = None
+    ttft: list[int] | None = None
+
+    def add(self, counts: tuple[int, ...]) -> None:
+        self.calls += counts[0]
+        self.ok += counts[1]
+        self.caller_errors += counts[2]
+        self.provider_failures += counts[3]
+        self.tokens_in += counts[4]
+        self.tokens_out += counts[5]
+
+    def add_histograms(self, latency: list[int], ttft: list[int]) -> None:
+        self.latency = _added(self.latency, latency)
+        self.ttft = _added(self.ttft, ttft)
+
+    @property
+    def success_percent(self) -> float | None:
+        """Answers among the requests the provider could have answered: caller errors are left out."""
+        judged = self.ok + self.provider_failures
+        return self.ok * 100 / judged if judged else None
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+    @property
+    def latency_p50(self) -> int | None:
+        return histogram_percentile(self.latency or [], 50)
+
+    @property
+    def latency_p95(self) -> int | None:
+        return histogram_percentile(self.latency or [], 95)
+
+    @property
+    def ttft_p50(self) -> int | None:
+        return histogram_percentile(self.ttft or [], 50)
+
+    @property
+    def ttft_p95(self) -> int | None:
+        return histogram_percentile(self.ttft or [], 95)
+
+
+@dataclass(frozen=True)
+class Usage:
+    window: str
+    window_label: str
+    first_day: date
+    last_day: date
+    days: list[UsageLine]
+    total: UsageLine
+    providers: list[UsageLine]
+    models: list[UsageLine]
+    agents: list[UsageLine]
+    # Tokens in and out per day of each provider ({"in": [...], "out": [...]} in the order of `days`), for the chart.
+    provider_tokens_per_day: dict[str, dict[str, list[int]]]
+
+
+def usage_over(*, window: str, now: datetime) -> Usage:
+    """The usage figures of the window, from the rollup: three queries whatever the number of requests (the rows of
+    the window's days; their histograms summed per day, provider and model by the database; the agents' names).
+
+    The rollup counts per day, so a window takes in whole days: from the start of the day it reaches back into."""
+    label, length = USAGE_WINDOWS[usage_window(window)]
+    last_day = timezone.localdate(now)
+    first_day = timezone.localdate(now - length)
+    days = {first_day + timedelta(days=n): UsageLine(label="") for n in range((last_day - first_day).days + 1)}
+    for day, line in days.items():
+        line.label = day.isoformat()
+    in_window = UsageDay.objects.filter(day__gte=first_day, day__lte=last_day).order_by()
+    total = UsageLine(label="all")
+    providers: dict[str, UsageLine] = {}
+    models: dict[tuple[str, str], UsageLine] = {}
+    agents: dict[int, UsageLine] = {}
+    provider_days: dict[str, dict[date, list[int]]] = {}
+    for day, provider, model, agent_pk, *counts in in_window.values_list(
+        "day", "provider", "model", "agent_pk", *_COUNTS
+    ):
+        counted = tuple(counts)
+        total.add(counted)
+        days[day].add(counted)
+        providers.setdefault(provider, UsageLine(label=provider)).add(counted)
+        models.setdefault((provider, model), UsageLine(label=f"{provider} · {model or '—'}")).add(counted)
+        agents.setdefault(agent_pk, UsageLine(label="")).add(counted)
+        tokens = provider_days.setdefault(provider, {}).setdefault(day, [0, 0])
+        tokens[0] += counted[4]
+        tokens[1] += counted[5]
+    columns = (*LATENCY_COLUMNS, *TTFT_COLUMNS)
+    histograms = (
+        in_window.values("day", "provider", "model")
+        .annotate(**{f"sum_{c}": Sum(c) for c in columns})
+        .values_list("day", "provider", "model", *(f"sum_{c}" for c in columns))
+    )
+    for day, provider, model, *sums in histograms:
+        latency, ttft = sums[:_BUCKETS], sums[_BUCKETS:]
+        for line in (total, days[day], providers[provider], models[(provider, model)]):
+            line.add_histograms(latency, ttft)
+    names = _agent_names([pk for pk in agents if pk])
+    for pk, line in agents.items():
+        line.label = names.get(pk, f"agent #{pk}") if pk else NO_AGENT
+    return Usage(
+        window=window,
+        window_label=label,
+        first_day=first_day,
+        last_day=last_day,
+        days=list(days.values()),
+        total=total,
+        providers=sorted(providers.values(), key=_by_calls),
+        models=sorted(models.values(), key=_by_calls),
+        agents=sorted(agents.values(), key=_by_calls),
+        provider_tokens_per_day={
+            name: {
+                "in": [provider_days[name].get(day, [0, 0])[0] for day in days],
+                "out": [provider_days[name].get(day, [0, 0])[1] for day in days],
+            }
+            for name in sorted(provider_days)
+        },
+    )
+
+
+def _by_calls(line: UsageLine) -> tuple[int, str]:
+    return (-line.calls, line.label)
+
+
+def _agent_names(pks: list[int]) -> dict[int, str]:
+    if not pks:
+        return {}
+    return dict(Agent.objects.filter(pk__in=pks).values_list("pk", "name"))

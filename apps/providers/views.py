@@ -1,4 +1,6 @@
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -7,7 +9,7 @@ from django.views.decorators.http import require_POST, require_safe
 from apps.core.decorators import staff_required
 from apps.core.types import HtmxHttpRequest
 from apps.providers import selectors, services
-from apps.providers.models import Provider
+from apps.providers.models import ModelCall, Provider
 
 REFRESH_SECONDS = 5
 
@@ -65,3 +67,97 @@ def reset(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.info(request, f"The breaker of {provider.name} was already closed with no failures.")
     return redirect("providers:status")
+
+
+# --- usage ---
+
+
+@staff_required
+@require_safe
+def usage(request: HttpRequest) -> HttpResponse:
+    windows = [(value, label) for value, (label, _) in selectors.USAGE_WINDOWS.items()]
+    try:
+        window = selectors.usage_window(request.GET.get("window", selectors.USAGE_DEFAULT_WINDOW))
+    except selectors.UnknownWindow as error:
+        return render(request, "providers/usage.html", {"error": str(error), "windows": windows}, status=400)
+    figures = selectors.usage_over(window=window, now=timezone.now())
+    chart = {
+        "days": [line.label for line in figures.days],
+        "tokens": figures.provider_tokens_per_day,
+        "latency_p50": [line.latency_p50 for line in figures.days],
+        "latency_p95": [line.latency_p95 for line in figures.days],
+        "ttft_p50": [line.ttft_p50 for line in figures.days],
+        "ttft_p95": [line.ttft_p95 for line in figures.days],
+    }
+    return render(
+        request,
+        "providers/usage.html",
+        {
+            "usage": figures,
+            "windows": windows,
+            "chart": chart,
+            "retention_days": settings.PROVIDER_REQUEST_RETENTION_DAYS,
+        },
+    )
+
+
+# --- traces ---
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+@login_required
+@require_safe
+def traces(request: HttpRequest) -> HttpResponse:
+    query = request.GET
+    outcome = query.get("outcome", "")
+    filters = selectors.TraceFilters(
+        outcome=outcome if outcome in ModelCall.Outcome.values else "",
+        provider=query.get("provider", "").strip(),
+        agent=query.get("agent", "").strip(),
+        task_id=_int_or_none(query.get("task")),
+        before=_int_or_none(query.get("before")),
+    )
+    calls, next_before = selectors.model_calls_recent(user=request.user, filters=filters)
+    params = query.copy()
+    params.pop("before", None)
+    return render(
+        request,
+        "providers/traces.html",
+        {
+            "calls": calls,
+            "filters": filters,
+            "outcomes": ModelCall.Outcome.choices,
+            "providers": selectors.provider_names() if request.user.is_staff else [],
+            "next_before": next_before,
+            "filter_query": params.urlencode(),
+            "retention_days": settings.TRACE_RETENTION_DAYS,
+        },
+    )
+
+
+@login_required
+@require_safe
+def trace(request: HttpRequest, pk: int) -> HttpResponse:
+    call = selectors.model_call_for(user=request.user, pk=pk)
+    if call is None:
+        raise Http404(f"Trace {pk} not found.")
+    return render(
+        request,
+        "providers/trace.html",
+        {"call": call, "messages_sent": selectors.trace_messages_for_display(call)},
+    )
+
+
+@login_required
+@require_safe
+def trace_of_chat_message(request: HttpRequest, message_id: int) -> HttpResponse:
+    pk = selectors.model_call_of_chat_message(user=request.user, message_id=message_id)
+    if pk is None:
+        raise Http404(
+            f"No trace of this chat turn: traces are kept {settings.TRACE_RETENTION_DAYS} days "
+            "(TRACE_RETENTION_DAYS), and only for the chat's owner and staff."
+        )
+    return redirect("providers:trace", pk=pk)

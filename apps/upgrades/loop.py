@@ -364,9 +364,9 @@ def draft_prompt(
     )
 
 
-def _ask(prompt: Prompt) -> str:
+def _ask(prompt: Prompt, *, trace: router.TraceContext) -> str:
     try:
-        return router.complete(prompt).content
+        return router.complete(prompt, trace=trace).content
     except router.RouterError as exc:
         raise DraftFailed(f"No model answered: {exc}") from exc
 
@@ -406,7 +406,10 @@ def draft(*, instruction: str, request_id: int | None = None) -> Upgrade:
     attempts = 0
     for attempts in range(1, settings.SELF_MODIFY_MAX_ATTEMPTS + 1):
         prompt = draft_prompt(context=context, base=base, instruction=instruction, history=history, feedback=feedback)
-        reply = _ask(prompt)
+        reply = _ask(
+            prompt,
+            trace=router.TraceContext(purpose="upgrade", upgrade_request_id=request_id, upgrade_attempt=attempts),
+        )
         history += [*prompt.messages, {"role": "assistant", "content": reply}]
         head = gitops.head_sha(where.repo, branch) if worktree else base
         try:

@@ -4,7 +4,8 @@
    /ws/events/ (protocol: docs/activity-feed.md) and puts each event in its place: newest on top, ordered by id,
    each id once. It keeps going when the server goes away: it reconnects with backoff and resumes after the last
    id it saw, polls the API while the socket cannot connect, and fetches from the API any range the server
-   reports as skipped. Event text reaches the page only through textContent and attributes, never as markup. */
+   reports as skipped. Event text reaches the page only through textContent and attributes, never as markup.
+   What an event says is its `summary`, worded by the server (apps/events/registry.py) for the page and the feed. */
 (() => {
   "use strict";
 
@@ -16,11 +17,11 @@
   const PING_MS = 25000;
   const ANSWER_TIMEOUT_MS = 10000; // a ping or a subscribe unanswered this long: the connection is dead
   const API_PAGE_MAX = 500; // the largest page /api/v1/events gives
-  const GENERIC_DATA_MAX = 200; // as compact_json:200 in the template
+  const FAMILY_WILDCARD = ".*"; // a filter value for every type of a family: "payment.*"
 
-  // ---- Rendering: keep in step with templates/events/_live_item.html ----
+  // ---- Rendering: the same markup as templates/events/_live_item.html ----
 
-  // Python's json.dumps(sort_keys=True, separators=(", ", ": ")), as the template's compact_json filter.
+  // Python's json.dumps(sort_keys=True, separators=(", ", ": ")), as the template's event_json filter.
   function compactJson(value) {
     if (Array.isArray(value)) return `[${value.map(compactJson).join(", ")}]`;
     if (value !== null && typeof value === "object") {
@@ -30,62 +31,27 @@
     return JSON.stringify(value) ?? "null";
   }
 
-  function truncate(text, max) {
-    return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
-  }
-
   function str(value) {
     if (value === undefined || value === null) return "";
     return typeof value === "object" ? compactJson(value) : String(value);
   }
 
-  function summary(event) {
-    const d = event.data !== null && typeof event.data === "object" ? event.data : {};
-    switch (event.event_type) {
-      case "task.created":
-        return `New task: ${str(d.description)}`;
-      case "task.bidding":
-        if (d.extended) return `Auction extended (${str(d.extension)} of ${str(d.of)}): ${str(d.reason)}`;
-        return `Auction opened${d.auction_seconds ? ` for ${str(d.auction_seconds)} s` : ""}`;
-      case "bid.submitted":
-        return `Bid ${str(d.amount_sats)} sats`;
-      case "task.assigned":
-        return d.recovered || d.released ? `Assigned again: ${str(d.reason)}` : `Assigned for ${str(d.amount_sats)} sats`;
-      case "task.started":
-        return `Started${d.attempt > 1 ? ` (attempt ${str(d.attempt)})` : ""}`;
-      case "task.completed":
-        return `Completed${d.result ? `: ${str(d.result)}` : ""}`;
-      case "task.failed":
-        return `Failed${d.reason ? `: ${str(d.reason)}` : ""}`;
-      case "agent.joined":
-        return "Agent joined";
-      case "agent.left":
-        return "Agent left";
-      case "tool.called":
-        return `Tool call: ${str(d.tool)}`;
-      case "tool.completed":
-        return `Tool completed: ${str(d.tool)}${d.ok === false ? ` (failed: ${str(d.error)})` : ""}`;
-      case "system.error":
-        return `Error: ${str(d.message)}${d.step ? ` (in ${str(d.step)})` : ""}`;
-      default: // upgrade.*, payment.*, memory.*, provider.*
-        return Object.keys(d).length
-          ? `${event.event_type}: ${truncate(compactJson(d), GENERIC_DATA_MAX)}`
-          : event.event_type;
+  // HH:MM:SS in the server's time zone, as the server renders its items (every page shows that zone).
+  function clockIn(timeZone) {
+    const options = { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" };
+    try {
+      return new Intl.DateTimeFormat("en-GB", { ...options, timeZone: timeZone || "UTC" });
+    } catch (error) {
+      return new Intl.DateTimeFormat("en-GB", { ...options, timeZone: "UTC" }); // a zone this browser lacks
     }
   }
 
-  function twoDigits(n) {
-    return String(n).padStart(2, "0");
-  }
-
-  // Local HH:MM:SS, with the time as the server wrote it (ISO 8601) in the title.
-  function showTime(timeElement, iso) {
+  // The time as the server wrote it (ISO 8601) in the title.
+  function showTime(timeElement, iso, clock) {
     const date = new Date(iso);
     timeElement.dateTime = iso;
     timeElement.title = iso;
-    timeElement.textContent = Number.isNaN(date.getTime())
-      ? ""
-      : `${twoDigits(date.getHours())}:${twoDigits(date.getMinutes())}:${twoDigits(date.getSeconds())}`;
+    timeElement.textContent = Number.isNaN(date.getTime()) ? "" : clock.format(date);
   }
 
   function element(tag, className, text) {
@@ -127,6 +93,7 @@
       this.limit = Math.min(wholeNumber(root.dataset.limit, 0) || 200, API_PAGE_MAX); // one API page refills it
       this.lastId = wholeNumber(root.dataset.since, 0); // the newest id seen: a (re)subscription resumes after it
       this.eventType = this.filter ? this.filter.value : "";
+      this.clock = clockIn(root.dataset.timeZone);
       this.eventsUrl = root.dataset.eventsUrl || "/swarm/events";
       this.apiUrl = new URL(root.dataset.api || "/api/v1/events", window.location.href);
       this.socketUrl = new URL(root.dataset.ws || "/ws/events/", window.location.href);
@@ -176,11 +143,6 @@
         if (!id) continue;
         this.items.set(id, item);
         this.lastId = Math.max(this.lastId, id);
-        const time = item.querySelector("time");
-        if (time) showTime(time, time.dateTime);
-        const text = item.querySelector(".live-text");
-        // The template's branches leave line breaks around the text.
-        if (text) text.textContent = text.title = text.textContent.trim();
       }
       const agents = this.root.querySelector("template.live-agents");
       for (const agent of agents ? agents.content.querySelectorAll("[data-agent-id]") : []) {
@@ -194,7 +156,19 @@
     }
 
     matches(eventType) {
+      if (this.eventType.endsWith(FAMILY_WILDCARD)) return eventType.startsWith(this.eventType.slice(0, -1));
       return !this.eventType || eventType === this.eventType;
+    }
+
+    // The types to subscribe to: the one chosen, or every type of the family chosen (its group in the filter).
+    subscribedTypes() {
+      if (!this.eventType) return null;
+      if (!this.eventType.endsWith(FAMILY_WILDCARD) || !this.filter) return [this.eventType];
+      const chosen = [...this.filter.options].find((option) => option.value === this.eventType);
+      const group = chosen ? chosen.parentElement : null;
+      return [...(group ? group.querySelectorAll("option") : [])]
+        .map((option) => option.value)
+        .filter((value) => value && !value.endsWith(FAMILY_WILDCARD));
     }
 
     add(event) {
@@ -203,6 +177,9 @@
       this.lastId = Math.max(this.lastId, id);
       const data = event.data !== null && typeof event.data === "object" ? event.data : {};
       if (event.agent_id && typeof data.agent === "string") this.agentNames.set(String(event.agent_id), data.agent);
+      else if (event.agent_id && typeof event.agent_name === "string") {
+        this.agentNames.set(String(event.agent_id), event.agent_name);
+      }
       if (!this.matches(event.event_type) || this.items.has(id)) return;
       const oldest = this.list.lastElementChild;
       if (this.items.size >= this.limit && oldest && id < Number(oldest.dataset.id)) return;
@@ -224,11 +201,13 @@
       const item = element("li", "live-item is-new");
       item.dataset.id = String(event.id);
       item.dataset.type = event.event_type;
+      const details = element("details", "live-details");
+      const summaryLine = element("summary", "live-line");
       const icon = element("span", "live-icon");
       icon.setAttribute("aria-hidden", "true");
       const time = element("time");
-      showTime(time, str(event.timestamp));
-      const line = summary(event);
+      showTime(time, str(event.timestamp), this.clock);
+      const line = str(event.summary) || event.event_type;
       const text = element("span", "live-text", line);
       text.title = line;
       const refs = element("span", "live-refs");
@@ -238,16 +217,20 @@
         link.href = `${this.eventsUrl}?task_id=${encodeURIComponent(taskId)}`;
         refs.append(link);
       }
+      const data = event.data !== null && typeof event.data === "object" ? event.data : {};
       const agentId = str(event.agent_id);
       if (agentId) {
-        const data = event.data !== null && typeof event.data === "object" ? event.data : {};
-        const name = data.agent ? str(data.agent) : this.agentNames.get(agentId) || `agent ${agentId}`;
+        // As the template's event.agent_label: the name the event recorded, else the agent's, else its id.
+        const recorded = typeof data.agent === "string" && data.agent ? data.agent : "";
+        const name = recorded || str(event.agent_name) || this.agentNames.get(agentId) || `agent ${agentId}`;
         const link = element("a", "live-agent", name);
         link.href = `${this.eventsUrl}?agent_id=${encodeURIComponent(agentId)}`;
         link.dataset.agentId = agentId;
         refs.append(link);
       }
-      item.append(icon, time, text, refs);
+      summaryLine.append(icon, time, text, refs);
+      details.append(summaryLine, element("code", "live-data", compactJson(data)));
+      item.append(details);
       return item;
     }
 
@@ -364,7 +347,8 @@
 
     subscribe() {
       const message = { action: "subscribe", channel: "events", since: this.lastId };
-      if (this.eventType) message.event_types = [this.eventType];
+      const types = this.subscribedTypes();
+      if (types) message.event_types = types;
       this.pendingSubscribes += 1;
       this.send(message);
       this.expectAnswer();

@@ -211,7 +211,9 @@ def assert_markup_is_text_and_nothing_ran(recorded: RecordedPage, events: dict[s
     expect(created.locator(".live-text")).to_have_attribute("title", f"New task: {PAYLOAD}")
     expect(created.locator(".live-task")).to_have_text("task #<b>1</b>")
     expect(item(page, events["bid"].id).locator(".live-agent")).to_have_text(PAYLOAD)
-    expect(item(page, events["upgrade"].id).locator(".live-text")).to_contain_text(PAYLOAD.replace('"', '\\"'))
+    expect(item(page, events["upgrade"].id).locator(".live-text")).to_have_text(f"Upgrade #1 proposed on {PAYLOAD}")
+    # The data behind the words is shown as text too, a click away.
+    expect(item(page, events["upgrade"].id).locator(".live-data")).to_contain_text(f'"branch": "{PAYLOAD}"')
     expect(item(page, events["error"].id).locator(".live-text")).to_have_text(
         f"Error: {PAYLOAD} (in <svg onload=window.__pwned=3>)"
     )
@@ -231,7 +233,7 @@ def test_markup_in_events_is_shown_as_text_and_never_runs(recorded_page: Recorde
     events = {
         "created": log_event("task.created", source="swarm", task_id="<b>1</b>", data={"description": PAYLOAD}),
         "bid": log_event("bid.submitted", source="auction", agent_id="9", data={"agent": PAYLOAD, "amount_sats": 5}),
-        "upgrade": log_event("upgrade.proposed", source="upgrades", data={"title": PAYLOAD}),
+        "upgrade": log_event("upgrade.proposed", source="upgrades", data={"upgrade_id": 1, "branch": PAYLOAD}),
         "error": log_event(
             "system.error", source="worker", data={"message": PAYLOAD, "step": "<svg onload=window.__pwned=3>"}
         ),
@@ -283,6 +285,15 @@ def test_choosing_a_type_shows_only_that_type_and_keeps_new_events_of_other_type
     assert page.url.endswith("/swarm/live")
     last = log_event("task.failed", source="worker", task_id=2, data={"reason": "r"})
     expect(item(page, last.id)).to_have_count(1, timeout=2_000)
+
+    # A whole family: every type of it, those shown already and those to come, and nothing else.
+    page.get_by_label("Type").select_option("tool.*")
+    expect(page.locator(".live-feed li.live-item")).to_have_count(4)
+    log_event("task.created", source="swarm", task_id=3, data={"description": "not a tool"})
+    newest = log_event("tool.called", source="cli", data={"tool": "swarm_status", "arguments": {}})
+    expect(item(page, newest.id)).to_have_count(1, timeout=2_000)
+    assert shown_types(page) == {"tool.called", "tool.completed"}
+    assert page.url.endswith("/swarm/live?event_type=tool.*")
 
 
 def test_when_websockets_are_blocked_the_page_polls_and_goes_live_once_they_are_back(

@@ -17,7 +17,7 @@ from django.urls import path
 from apps.events.consumers import EventFeedConsumer
 from apps.events.feed import EventHub
 from apps.events.models import Event
-from apps.events.selectors import event_payload
+from apps.events.selectors import event_payload, with_agent_names
 from apps.events.services import log_event
 
 ALLOWED_ORIGIN = "http://127.0.0.1:8000"
@@ -130,8 +130,8 @@ def log_events(*event_types: str, together: bool = False) -> list[int]:
 
 @database_sync_to_async
 def stored_payloads(ids: list[int]) -> list[Message]:
-    """The events as the feed sends them."""
-    events = Event.objects.in_bulk(ids)
+    """The events as the feed sends them (with their agents' names, as the feed reads them)."""
+    events = {e.id: e for e in with_agent_names(list(Event.objects.filter(id__in=ids)))}
     return [event_payload(events[i]) for i in ids]
 
 

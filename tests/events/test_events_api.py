@@ -4,6 +4,7 @@ import pytest
 from django.utils import timezone
 
 from apps.events.services import log_event
+from apps.swarm.models import Agent
 from tests.events.factories import EventFactory
 
 URL = "/api/v1/events"
@@ -29,8 +30,10 @@ def test_list_returns_every_field_of_each_event(api_client):
         "source": "auction",
         "task_id": "3",
         "agent_id": "9",
+        "agent_name": None,  # no agent 9
         "timestamp": row["timestamp"],
         "data": {"amount_sats": 120},
+        "summary": "Bid 120 sats",
     }
     # Django's JSON encoder writes milliseconds; the id, not the time, orders the log.
     assert abs(datetime.fromisoformat(row["timestamp"]) - event.timestamp) < timedelta(milliseconds=1)
@@ -79,6 +82,43 @@ def test_filters_combine(api_client):
     response = api_client.get(URL, {"event_type": "bid.submitted", "task_id": "1", "agent_id": "2"})
 
     assert ids(response) == [match.id]
+
+
+def test_filter_by_family(api_client):
+    settled = EventFactory(event_type="payment.settled")
+    expired = EventFactory(event_type="payment.expired")
+    EventFactory(event_type="task.created")
+
+    assert ids(api_client.get(URL, {"event_type": "payment.*"})) == [expired.id, settled.id]
+    assert ids(api_client.get(URL, {"event_type": "payment.*", "since_id": 0})) == [settled.id, expired.id]
+
+
+@pytest.mark.parametrize("name", ["quill", "Quill"])
+def test_filter_by_agent_name_in_any_case(api_client, name):
+    quill = Agent.objects.get(name="quill")
+    mine = EventFactory(agent_id=str(quill.pk))
+    EventFactory(agent_id="quill")  # an id stored as text is not the agent's
+
+    [row] = api_client.get(URL, {"agent_id": name}).json()["events"]
+
+    assert (row["id"], row["agent_name"]) == (mine.id, "quill")
+
+
+@pytest.mark.parametrize("value", ["task.exploded", "nothing.*", "<script>"])
+def test_an_unknown_event_type_is_a_422_saying_so(api_client, value):
+    response = api_client.get(URL, {"event_type": value})
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": f"Unknown event type {value!r}: use a type or a family such as 'payment.*'."}
+
+
+def test_each_event_says_what_happened(api_client):
+    echo = Agent.objects.get(name="echo")
+    log_event("payment.settled", source="swarm", task_id=1, agent_id=echo.pk, data={"amount_sats": 77})
+
+    [row] = api_client.get(URL, {"since_id": 0}).json()["events"]
+
+    assert (row["summary"], row["agent_name"]) == ("echo was paid 77 sats for task 1", "echo")
 
 
 def test_since_id_returns_what_came_after_oldest_first_for_polling(api_client):

@@ -4,8 +4,10 @@ from datetime import UTC, datetime
 import pytest
 from django.urls import reverse
 
+from apps.events import registry
 from apps.events.services import log_event
 from apps.events.views import PAGE_SIZE
+from apps.swarm.models import Agent
 from tests.events.factories import EventFactory
 from tests.factories import AgentFactory
 
@@ -284,3 +286,69 @@ def test_page_cost_does_not_grow_with_the_number_of_events_shown(staff_client, d
         response = staff_client.get(URL)
 
     assert len(row_ids(response)) == min(count, PAGE_SIZE)
+
+
+def test_type_filter_lists_every_registered_type_grouped_by_family(staff_client):
+    html = staff_client.get(URL).content.decode()
+
+    for group in registry.grouped():
+        options = re.search(rf'<optgroup label="{group.name}">(.*?)</optgroup>', html, flags=re.S).group(1)
+        values = re.findall(r'<option value="([^"]+)"', options)
+        assert values == [f"{group.family}.*", *(kind.event_type for kind in group.kinds)]
+    assert '<option value="payment.settled">Payment settled (payment.settled)</option>' in html
+
+
+def test_filter_by_family_shows_every_type_of_that_family(staff_client):
+    settled = log_event("payment.settled", source="swarm", data={"amount_sats": 5, "tx_type": "incoming"})
+    waiting = log_event("payment.waiting", source="swarm", task_id=3, data={"reason": "waiting for funds"})
+    log_event("task.created", source="swarm", data={"description": "x"})
+    log_event("provider.failover", source="router", data={"from": "a", "to": "b", "reason": "r"})
+
+    response = staff_client.get(URL, {"event_type": "payment.*"})
+
+    assert row_ids(response) == [waiting.id, settled.id]
+    assert '<option value="payment.*" selected>' in response.content.decode()
+
+
+@pytest.mark.parametrize("name", ["quill", "Quill", "QUILL", " quill "])
+def test_filter_by_agent_name_in_any_case_shows_that_agents_events(staff_client, name):
+    quill = Agent.objects.get(name="quill")
+    mine = log_event("bid.submitted", source="auction", agent_id=quill.pk, data={"agent": "quill", "amount_sats": 9})
+    log_event("bid.submitted", source="auction", agent_id=Agent.objects.get(name="echo").pk, data={"amount_sats": 8})
+
+    response = staff_client.get(URL, {"agent_id": name})
+
+    assert response.status_code == 200
+    assert row_ids(response) == [mine.id]
+
+
+def test_filter_by_a_name_no_agent_has_says_so(staff_client):
+    log_event("agent.joined", source="swarm", agent_id=Agent.objects.get(name="echo").pk)
+
+    response = staff_client.get(URL, {"agent_id": "quil"})
+
+    assert response.status_code == 200
+    assert row_ids(response) == []
+    assert "No events match these filters. No agent is named “quil”." in response.content.decode()
+
+
+@pytest.mark.parametrize("value", ["nothing.*", "payment.**", "*", ".*", "payment.", "payment"])
+def test_a_type_filter_that_is_neither_a_type_nor_a_family_is_a_400_saying_so(staff_client, value):
+    response = staff_client.get(URL, {"event_type": value})
+
+    assert response.status_code == 400
+    assert f"Unknown event type &#x27;{value}&#x27;." in response.content.decode()
+
+
+def test_each_row_says_what_happened_with_its_data_one_click_away(staff_client):
+    log_event("provider.failover", source="router", data={"from": "ollama", "to": "openai", "reason": "refused"})
+    log_event("agent.left", source="swarm")
+
+    html = staff_client.get(URL).content.decode()
+
+    assert (
+        '<td class="data"><details class="event-data"><summary>ollama → openai: refused</summary>'
+        "<code>{&quot;from&quot;: &quot;ollama&quot;, &quot;reason&quot;: &quot;refused&quot;, &quot;to&quot;: "
+        "&quot;openai&quot;}</code></details></td>"
+    ) in html
+    assert '<td class="data">Agent left</td>' in html  # no data: nothing to open

@@ -4,7 +4,7 @@ from html import unescape
 import pytest
 from django.urls import reverse
 
-from apps.events.models import EventType
+from apps.events import registry
 from apps.events.services import log_event
 from apps.events.views import LIVE_INITIAL, LIVE_LIST_MAX
 from tests.events.factories import EventFactory
@@ -85,8 +85,11 @@ def test_live_page_shows_the_connection_state_the_filter_and_a_link_to_all_event
 
     assert '<span class="live-status" role="status" data-state="connecting"' in html
     assert '<option value="" selected>' not in html  # "all" is first, so chosen without being marked
-    for event_type in EventType.values:
-        assert f'<option value="{event_type}">{event_type}</option>' in html
+    # Every registered type, under its family, after the choice of the whole family.
+    for group in registry.grouped():
+        options = re.search(rf'<optgroup label="{group.name}">(.*?)</optgroup>', html, flags=re.S).group(1)
+        values = re.findall(r'<option value="([^"]+)"', options)
+        assert values == [f"{group.family}.*", *(kind.event_type for kind in group.kinds)]
     assert '<a href="/swarm/events">Show all events</a>' in html
 
 
@@ -122,8 +125,12 @@ def test_live_page_shows_the_connection_state_the_filter_and_a_link_to_all_event
         ("tool.completed", {"tool": "swarm_status", "ok": True, "error": ""}, "Tool completed: swarm_status"),
         ("tool.completed", {"tool": "web", "ok": False, "error": "Timeout"}, "Tool completed: web (failed: Timeout)"),
         ("system.error", {"step": "close_due_auctions", "message": "db locked"}, "Error: db locked (in close_due"),
-        ("upgrade.approved", {"upgrade": 7, "by": "op"}, 'upgrade.approved: {"by": "op", "upgrade": 7}'),
-        ("payment.settled", {}, "payment.settled"),
+        (
+            "upgrade.approved",
+            {"upgrade_id": 7, "branch": "b", "status": "approved", "by": "op"},
+            "Upgrade #7 approved by op",
+        ),
+        ("payment.settled", {}, "Payment settled"),  # too little data: the type's label
     ],
 )
 def test_each_type_of_event_has_its_one_line_summary(staff_client, event_type, data, expected):
@@ -168,13 +175,15 @@ def test_markup_in_event_data_is_escaped(staff_client):
     assert "&lt;b&gt;bold&lt;/b&gt;" in html
 
 
-def test_times_are_given_in_full_for_the_script_to_show_in_local_time(staff_client):
+def test_times_are_shown_in_the_servers_zone_with_the_full_time_in_the_title(staff_client):
     event = log_event("task.created", source="swarm", data={"description": "x"})
 
     html = staff_client.get(URL).content.decode()
 
     iso = event.timestamp.isoformat()
     assert f'<time datetime="{iso}" title="{iso}">{event.timestamp:%H:%M:%S}</time>' in html
+    assert feed_attrs(html)["data-time-zone"] == "UTC"  # the script writes the times of new events in it too
+    assert '<span class="live-zone muted">times in UTC</span>' in html
 
 
 def test_filtered_page_shows_only_that_type_and_resumes_after_the_newest_event_of_any_type(staff_client):

@@ -438,3 +438,24 @@ UNANSWERABLE: list[str] = [
     "how many time zones does Russia have?",
     "what is the largest desert in the world?",
 ]
+
+# Look-ups: the question is a name or a code from one fact, as a person types it into a search box. Paraphrase
+# is what the questions of FACTS test; these test that a rare word found verbatim still brings its fact first
+# (the evidence for FULL_MATCH_BOOST, apps.memory.services). Each fact is in FACTS, word for word.
+LOOKUPS: list[tuple[str, str]] = [
+    ("what is unit C-118 for?", "The Big Yellow storage unit C-118 holds the camping gear."),
+    ("what does Rui do?", "Clara's partner Rui is a marine biologist."),
+    ("Abyssinia", "Favourite cuisine is Ethiopian; the go-to restaurant is Abyssinia on Mill Road."),
+    ("Hetzner", "The production server is a Hetzner VPS in Falkenstein."),
+    ("Kobo", "Reads on a Kobo e-reader, not a Kindle."),
+    ("Prusa MK4", "The 3D printer is a Prusa MK4 and uses PETG for outdoor parts."),
+    ("Backblaze bucket", "Offsite copies of the NAS go to Backblaze B2, bucket home-nas-offsite."),
+    ("Bill Evans", "Listens to jazz while working; Bill Evans is a favourite."),
+    ("Aisha", "Tom is married to Aisha; they have twin boys, Leo and Sami."),
+    ("PETG", "The 3D printer is a Prusa MK4 and uses PETG for outdoor parts."),
+    ("Falkenstein", "The production server is a Hetzner VPS in Falkenstein."),
+    ("Lily's Kitchen", "Biscuit is a three-year-old beagle who eats Lily's Kitchen."),
+    ("DS920+", "The NAS is a Synology DS920+ with four 8 TB drives in SHR."),
+    ("Mill Road", "Favourite cuisine is Ethiopian; the go-to restaurant is Abyssinia on Mill Road."),
+    ("Leo and Sami", "Tom is married to Aisha; they have twin boys, Leo and Sami."),
+]

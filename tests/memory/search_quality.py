@@ -5,7 +5,8 @@ one batch, then asks every question three ways: `search_memories` end to end (hy
 the keyword index alone, each for the top 10 in the user's scope. For the answerable questions it reports
 recall@1, recall@3 and MRR (the reciprocal rank of the fact's memory, 0 when it is not in the top 10); for the
 unanswerable ones, the share that stays quiet, i.e. brings back nothing above the similarity floor; the same for
-the near misses kept apart (memory_eval.NEAR_MISSES), for information.
+the near misses kept apart (memory_eval.NEAR_MISSES), for information; and recall@1 of the look-ups
+(memory_eval.LOOKUPS: a name or code typed as it is stored).
 
 What "above the floor" means per side:
 - hybrid: anything `search_memories` returns (applying the floor is the search's job);
@@ -19,7 +20,7 @@ from typing import Any
 
 from apps.memory import embeddings, index, services
 from apps.memory.embeddings import Embedder, get_embedder
-from tests.memory.memory_eval import FACTS, NEAR_MISSES, UNANSWERABLE
+from tests.memory.memory_eval import FACTS, LOOKUPS, NEAR_MISSES, UNANSWERABLE
 
 K = 10
 SIDES = ("hybrid", "vector", "keyword")
@@ -78,6 +79,7 @@ def evaluate(
     facts: Sequence[tuple[str, str]] = FACTS,
     unanswerable: Sequence[str] = UNANSWERABLE,
     near_misses: Sequence[str] = NEAR_MISSES,
+    lookups: Sequence[tuple[str, str]] = LOOKUPS,
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """measure's figures, and what went wrong on the hybrid side: the questions whose fact was not in the top 3
     ("missed") and the unanswerable ones that brought something back ("loud"). `floor` overrides the vector
@@ -119,6 +121,13 @@ def evaluate(
                     failures["loud"].append(question)
         return {side: _share(len(questions) - loud[side], len(questions)) for side in SIDES}
 
+    by_fact = {fact: memory_id for (fact, _), memory_id in zip(facts, memory_ids, strict=True)}
+    lookup_ranks: dict[str, list[int | None]] = {side: [] for side in SIDES}
+    for question, fact in lookups:
+        if fact in by_fact:
+            for side, ranked in rankings(question).items():
+                lookup_ranks[side].append(_rank([m for m, _ in ranked], by_fact[fact]))
+
     unanswerable_quiet = quiet(unanswerable, record=True)
     near_miss_quiet = quiet(near_misses, record=False)
 
@@ -132,9 +141,13 @@ def evaluate(
         figures[f"{side}_unanswerable_quiet"] = unanswerable_quiet[side]
     for side in SIDES:
         figures[f"{side}_near_miss_quiet"] = near_miss_quiet[side]
+    for side in SIDES:
+        found = lookup_ranks[side]
+        figures[f"{side}_lookup_recall_at_1"] = _share(sum(r == 1 for r in found), len(found))
     figures["facts"] = len(facts)
     figures["questions_unanswerable"] = len(unanswerable)
     figures["questions_near_miss"] = len(near_misses)
+    figures["lookups"] = len(lookup_ranks["hybrid"])
     figures["similarity_floor"] = floor
     figures["embedder"] = embedder.name
     return figures, failures

@@ -5,22 +5,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from apps.memory import services
-from apps.memory.embeddings import HashedNgramEmbedder, get_embedder, reset_embedder
+from apps.memory.embeddings import HashedNgramEmbedder, get_embedder
 from apps.memory.models import MemoryEntry
 from tests.factories import StaffFactory
 from tests.memory.test_store import FACTS, PARAPHRASES
-
-
-@pytest.fixture
-def embedder_backend(settings):
-    """Switch EMBEDDING_BACKEND within a test; the process's embedder is made again from the settings."""
-
-    def switch(backend: str) -> None:
-        settings.EMBEDDING_BACKEND = backend
-        reset_embedder()
-
-    yield switch
-    reset_embedder()
 
 
 def vector_count() -> int:

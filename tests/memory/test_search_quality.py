@@ -47,6 +47,11 @@ def test_search_finds_what_was_meant_at_least_as_well_as_either_half_and_the_flo
             unmet.append(f"hybrid {measure} {figures[f'hybrid_{measure}']} < better single side's {better_half}")
     if figures["hybrid_recall_at_3"] < RECALL_AT_3:
         unmet.append(f"hybrid recall@3 {figures['hybrid_recall_at_3']} < {RECALL_AT_3}")
+    if figures["hybrid_lookup_recall_at_1"] < figures["vector_lookup_recall_at_1"]:
+        unmet.append(
+            f"a name or code typed as stored comes first less often than by the vectors alone: "
+            f"{figures['hybrid_lookup_recall_at_1']} < {figures['vector_lookup_recall_at_1']}"
+        )
     if figures["hybrid_unanswerable_quiet"] < UNANSWERABLE_QUIET:
         unmet.append(f"unanswerable questions quiet {figures['hybrid_unanswerable_quiet']} < {UNANSWERABLE_QUIET}")
 

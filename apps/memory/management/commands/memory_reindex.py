@@ -12,8 +12,9 @@ BAR_WIDTH = 30
 class Command(BaseCommand):
     help = (
         "Re-embed the memories whose vectors were made by another embedder than the one in use now "
-        "(EMBEDDING_BACKEND, EMBEDDING_MODEL_PATH), so that searches compare like with like. Forgotten memories "
-        "are left alone. Shows a progress bar on stderr."
+        "(EMBEDDING_BACKEND, EMBEDDING_MODEL_PATH), so that searches compare like with like, and the long ones "
+        "stored before memories were embedded in chunks (their embedding model ends in ' (unchunked)'), every "
+        "chunk of each. Forgotten memories are left alone. Shows a progress bar on stderr."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
