@@ -31,7 +31,17 @@ import gguf
 import httpx
 import numpy as np
 
-MODES = ("normal", "slow", "error500", "unauthorized", "hang", "break_stream", "not_found", "context_length")
+MODES = (
+    "normal",
+    "slow",
+    "error500",
+    "unauthorized",
+    "hang",
+    "break_stream",
+    "not_found",
+    "context_length",
+    "bad_request",
+)
 # The 400 that Ollama answers when a prompt does not fit (`"truncate": false`, embeddings); by default it truncates.
 CONTEXT_LENGTH_ERROR = "the input length exceeds the context length"
 
@@ -197,7 +207,7 @@ class OllamaServer:
     - "break_stream": send the headers and the first chunk (half the body if not streaming), then drop the
       connection;
     - "not_found" and "context_length": what Ollama answers a chat for an unknown model (404) or a prompt that
-      does not fit (400); other paths behave normally.
+      does not fit (400); "bad_request": a 400 for an option it cannot take; other paths behave normally.
 
     `requests` counts requests by path; `chats` keeps the JSON body of every `/api/chat` request; `connections`
     counts the connections accepted, which shows whether a client keeps its connections alive.
@@ -340,6 +350,9 @@ class OllamaServer:
             return
         if mode == "context_length":
             handler.send_json(400, {"error": CONTEXT_LENGTH_ERROR})
+            return
+        if mode == "bad_request":
+            handler.send_json(400, {"error": 'invalid option provided: "num_predict" must be an integer'})
             return
         messages = request.get("messages") or []
         text = self.reply(messages) if callable(self.reply) else self.reply

@@ -66,8 +66,10 @@ class MemoryEntry(models.Model):
 
 class MemoryVector(models.Model):
     """The vectors: float32 blobs in a plain table on SQLite (searched through MemoryCode), a pgvector table with
-    an HNSW index on PostgreSQL (see migrations 0001 and 0002). Declared here so Django knows the table (test
-    flushes empty it); only `apps.memory.index` reads or writes it, with SQL."""
+    an HNSW index on PostgreSQL (see migrations 0001, 0002 and 0004). Declared here so Django knows the table (test
+    flushes empty it); only `apps.memory.index` reads or writes it, with SQL. Since chunks (0004) a row is one chunk
+    of a memory, keyed by `chunk_id` on SQLite and (memory_id, chunk) on PostgreSQL: the field below is only what
+    Django needs to declare a model, never queried."""
 
     memory_id = models.BigIntegerField(primary_key=True)
 
@@ -80,7 +82,8 @@ class MemoryVector(models.Model):
 
 
 class MemoryCode(models.Model):
-    """SQLite only: the vec0 table of the vectors' binary codes, the first pass of a vector search."""
+    """SQLite only: the vec0 table of the vectors' binary codes, the first pass of a vector search; a row per chunk,
+    keyed by `chunk_id` (see MemoryVector)."""
 
     memory_id = models.BigIntegerField(primary_key=True)
 

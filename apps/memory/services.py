@@ -30,6 +30,9 @@ CONTENT_MAX = 20_000
 # same things, too little to lift one the embedder finds unrelated (docs/architecture.md has the measurements).
 FULL_MATCH_BOOST = 0.1
 SEARCH_LIMIT_MAX = 50
+# Shorter memories are one chunk for every embedder (a word piece or a word is at least a character), so search
+# never cuts them again to find their best passage.
+PASSAGE_MIN_CHARS = 254
 # Stored memories a new one is compared with whole (closeness), the nearest to its first chunk: among memories of
 # several chunks, the one it duplicates may not be the very nearest.
 DUPLICATE_CANDIDATES = 5
@@ -94,8 +97,11 @@ class Hit:
     memory: MemoryEntry
     # The ranking score (higher is better): the similarity plus what keyword matches add (search_memories).
     score: float
-    # The cosine of the query and the memory.
+    # The cosine of the query and the memory (its best chunk, for a long one).
     similarity: float
+    # The chunk of a long memory that matched best (embeddings.chunk_texts), for a prompt that has no room for all
+    # of it; a memory of one chunk: its content.
+    passage: str = ""
 
 
 def _normalise(content: str) -> str:
@@ -399,12 +405,29 @@ def search_memories(
     floor = similarity_floor(embedder)
     best = sorted((m for m in scores if similarity[m] >= floor), key=lambda m: (-scores[m], -m))[:limit]
     memories = MemoryEntry.objects.filter(pk__in=best, deleted_at__isnull=True).in_bulk()
-    hits = [Hit(memories[m], scores[m], similarity[m]) for m in best if m in memories]
+    passages = _best_passages([memories[m] for m in best if m in memories], vector, embedder)
+    hits = [Hit(memories[m], scores[m], similarity[m], passages[m]) for m in best if m in memories]
     if hits:
         MemoryEntry.objects.filter(pk__in=[h.memory.pk for h in hits]).update(
             access_count=F("access_count") + 1, last_accessed_at=timezone.now()
         )
     return hits
+
+
+def _best_passages(memories: Sequence[MemoryEntry], vector: Any, embedder: Embedder) -> dict[int, str]:
+    """Each memory's chunk nearest the query vector: cut again the way it was indexed, matched by position with its
+    stored chunk vectors. A memory short enough to be one chunk costs nothing here; one whose stored chunks no
+    longer match its cut (indexed before chunking, awaiting `memory_reindex`) gives its whole content."""
+    passages = {memory.pk: memory.content for memory in memories}
+    long = [memory for memory in memories if len(memory.content) > PASSAGE_MIN_CHARS]
+    if not long:
+        return passages
+    stored = index.index_vectors([memory.pk for memory in long])
+    for memory, chunks in zip(long, embedder.chunk_texts([memory.content for memory in long]), strict=True):
+        vectors = stored.get(memory.pk)
+        if len(chunks) > 1 and vectors is not None and len(vectors) == len(chunks):
+            passages[memory.pk] = chunks[int(np.argmax(vectors @ vector))]
+    return passages
 
 
 def get_memory_context(
@@ -438,6 +461,9 @@ def get_memory_context(
         if room < 40:
             break
         content = " ".join(memory.content.split())
+        if len(content) > room and hit.passage and hit.passage != memory.content:
+            # A long memory that does not fit: the part that matched the query, not its beginning.
+            content = "…" + " ".join(hit.passage.split())
         if len(content) > room:
             content = content[: room - 1].rstrip() + "…"
         lines.append(prefix + content)

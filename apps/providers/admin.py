@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from apps.providers import services
-from apps.providers.models import ModelCall, Provider, ProviderMetrics, ProviderRequest
+from apps.providers.models import ModelCall, Provider, ProviderMetrics, ProviderRequest, UsageDay
 
 
 def _metrics(provider: Provider) -> ProviderMetrics:
@@ -98,8 +98,18 @@ class ProviderAdmin(admin.ModelAdmin):
         return None
 
 
+class WrittenByTheRouter(admin.ModelAdmin):
+    """Records the router writes alone: read-only here."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
+        return False
+
+
 @admin.register(ProviderRequest)
-class ProviderRequestAdmin(admin.ModelAdmin):
+class ProviderRequestAdmin(WrittenByTheRouter):
     list_display = [
         "started_at",
         "provider",
@@ -115,16 +125,10 @@ class ProviderRequestAdmin(admin.ModelAdmin):
     date_hierarchy = "started_at"
     show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: ProviderRequest | None = None) -> bool:
-        return False
-
 
 @admin.register(ModelCall)
-class ModelCallAdmin(admin.ModelAdmin):
-    """Traces are written by the router alone: read-only here (the trace page shows them readably)."""
+class ModelCallAdmin(WrittenByTheRouter):
+    """Traces (the trace page shows them readably)."""
 
     list_display = [
         "id", "started_at", "purpose", "outcome", "provider", "model", "agent", "task", "user", "tokens_in",
@@ -137,8 +141,15 @@ class ModelCallAdmin(admin.ModelAdmin):
     show_full_result_count = False
     raw_id_fields = ["user", "agent", "task", "chat_message", "upgrade_request"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: ModelCall | None = None) -> bool:
-        return False
+@admin.register(UsageDay)
+class UsageDayAdmin(WrittenByTheRouter):
+    """The daily rollup behind /router/usage (a row deleted here comes back with `usage_rebuild`)."""
+
+    list_display = [
+        "day", "provider", "model", "agent_pk", "calls", "ok", "caller_errors", "provider_failures", "tokens_in",
+        "tokens_out",
+    ]  # fmt: skip
+    list_filter = ["provider"]
+    date_hierarchy = "day"
+    show_full_result_count = False

@@ -58,9 +58,9 @@ class ProviderCallError(Exception):
 
     @property
     def counts_for_breaker(self) -> bool:
-        # A prompt too long for this model is not the provider's fault, nor is a queue that is full for now: the
-        # next provider may take it, and this one stays in the rotation.
-        return self.error_class not in (ErrorClass.CONTEXT_LENGTH, ErrorClass.BUSY)
+        # A prompt too long for this model or a request it cannot take is not the provider's fault, nor is a queue
+        # that is full for now: the next provider may take it, and this one stays in the rotation.
+        return self.error_class not in (ErrorClass.CONTEXT_LENGTH, ErrorClass.BAD_REQUEST, ErrorClass.BUSY)
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,8 @@ def _status_error_class(status: int, message: str) -> str:
         return ErrorClass.NOT_FOUND
     if status in (400, 413) and _is_context_length(message):
         return ErrorClass.CONTEXT_LENGTH
+    if status in (400, 413, 422):
+        return ErrorClass.BAD_REQUEST
     if status >= 500:
         return ErrorClass.SERVER_ERROR
     return ErrorClass.OTHER

@@ -106,6 +106,8 @@ class ProviderRequest(models.Model):
         AUTH = "auth"
         NOT_FOUND = "not_found", "not found"
         CONTEXT_LENGTH = "context_length", "context length"
+        # Refused as malformed (400, 413 or 422 about something else than the context length): the caller's fault.
+        BAD_REQUEST = "bad_request", "bad request"
         BUSY = "busy"
         OTHER = "other"
 
@@ -203,9 +205,8 @@ class ModelCall(models.Model):
 
 
 # The error classes that are the caller's fault, not the provider's: the usage page counts them apart, and they do
-# not count towards the breaker either (clients.ProviderCallError.counts_for_breaker). A bad request that is not
-# about the context length is classed "other" by the clients, so it cannot be told apart here.
-CALLER_ERROR_CLASSES = frozenset({ProviderRequest.ErrorClass.CONTEXT_LENGTH})
+# not count towards the breaker either (clients.ProviderCallError.counts_for_breaker).
+CALLER_ERROR_CLASSES = frozenset({ProviderRequest.ErrorClass.CONTEXT_LENGTH, ProviderRequest.ErrorClass.BAD_REQUEST})
 
 # Fixed, log-spaced histogram buckets for latencies in milliseconds: three per doubling (each about 26 % wider than
 # the one before), exact below 8 ms, up to 2^20 ms (17 minutes); bucket i holds [BOUNDS[i], BOUNDS[i + 1]) and the

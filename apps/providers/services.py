@@ -37,6 +37,7 @@ from apps.providers.models import (
     UsageDay,
     histogram_bucket,
 )
+from apps.upgrades.models import UpgradeRequest
 
 SOURCE = "providers.breaker"
 LAST_ERROR_MAX = 300
@@ -623,6 +624,14 @@ def _trace_attempt(attempt: dict[str, Any]) -> dict[str, Any]:
     return {**attempt, "provider": clean_text(attempt["provider"]), "reason": clean_text(attempt["reason"])}
 
 
+def _existing_upgrade_request(pk: int | None) -> int | None:
+    # A change request deleted while its draft runs leaves the trace without the link, rather than failing the
+    # foreign key and with it the draft. Upgrade calls are few and slow: the look-up costs nothing that shows.
+    if pk is None:
+        return None
+    return pk if UpgradeRequest.objects.filter(pk=pk).exists() else None
+
+
 def model_call_record(
     *,
     trace: TraceContext | None,
@@ -664,7 +673,7 @@ def model_call_record(
             user_id=trace.user_id,
             agent_id=trace.agent_id,
             task_id=trace.task_id,
-            upgrade_request_id=trace.upgrade_request_id,
+            upgrade_request_id=_existing_upgrade_request(trace.upgrade_request_id),
             upgrade_attempt=trace.upgrade_attempt,
         )
         if request_ids:

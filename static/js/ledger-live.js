@@ -126,5 +126,14 @@
     window.setTimeout(connect, delay);
   }
 
+  // A refresh asks about the invoice shown when it was sent. If another was made meanwhile (Create invoice), the
+  // answer is about the old one: its regions for the whole wallet still apply, its invoice card does not.
+  document.body.addEventListener("htmx:oobBeforeSwap", (event) => {
+    const { target, fragment } = event.detail;
+    if (target.id !== "ledger-invoice" || typeof fragment.querySelector !== "function") return;
+    const incoming = fragment.querySelector("#ledger-invoice");
+    if (incoming !== null && incoming.dataset.paymentHash !== target.dataset.paymentHash) event.detail.shouldSwap = false;
+  });
+
   connect();
 })();

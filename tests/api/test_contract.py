@@ -123,7 +123,7 @@ def test_a_request_without_credentials_hears_401_before_its_unknown_query_parame
 
 
 def test_a_parameter_of_a_query_schema_is_known_by_its_own_name(api_client):
-    assert api_client.get("/api/v1/events", {"event_type": "task.posted", "limit": "3"}).status_code == 200
+    assert api_client.get("/api/v1/events", {"event_type": "task.created", "limit": "3"}).status_code == 200
     assert api_client.get("/api/v1/ledger/entries", {"type": "incoming"}).status_code == 200
     assert api_client.get("/api/v1/ledger/entries", {"tx_type": "incoming"}).status_code == 422
 

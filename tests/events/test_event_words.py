@@ -23,10 +23,10 @@ from apps.memory.embeddings import reset_embedder
 from apps.providers import router
 from apps.providers.models import Provider, ProviderRequest
 from apps.providers.services import breaker_record_failure, breaker_reset
-from apps.swarm.models import Agent, Task
+from apps.swarm.models import Task
 from apps.swarm.services import agents_bring_online, auction_close, task_post
 from apps.upgrades.services import upgrade_request_create
-from tests.events.factories import EventFactory
+from tests.events.factories import EventFactory, persona
 from tests.events.pages import row_words
 from tests.events.test_registry import SAMPLES
 from tests.factories import AgentFactory, StaffFactory, TaskFactory
@@ -117,7 +117,7 @@ def test_an_invoice_paid_on_the_dev_node_reads_as_words(staff_client, staff_user
 def test_an_agent_paid_for_its_task_reads_as_echo_was_paid(dev_node):
     funds = ledger.create_invoice_entry(amount_sats=200, memo="funds", source="test")
     ledger.dev_simulate_payment(payment_hash=funds.payment_hash, actor=StaffFactory(username="payer"))
-    echo = Agent.objects.get(name="echo")
+    echo = persona("echo")
     task = TaskFactory(
         status=Task.Status.COMPLETED, assigned_agent=echo, winning_bid_sats=77, finished_at=timezone.now()
     )
@@ -138,7 +138,7 @@ def _logged_in(user: Any) -> Client:
 
 
 def test_a_memory_stored_published_and_forgotten_reads_as_words(staff_client, staff_user, hashed_embedder):
-    echo = Agent.objects.get(name="echo")
+    echo = persona("echo")
     stored = memory.store_memory(content="The mempool is calm.", context_type="fact", source="test", agent_id=echo.pk)
     memory_id = stored.memory.pk
     memory.memory_set_public(memory_id=memory_id, public=True, actor=staff_user)
@@ -170,7 +170,7 @@ def test_a_refused_sign_in_reads_as_words(staff_client):
 
 
 def test_the_feed_sends_each_event_with_its_words_and_agents_name(db):
-    echo = Agent.objects.get(name="echo")
+    echo = persona("echo")
     data, said = SAMPLES["payment.settled"]
     event = log_event("payment.settled", source="swarm", task_id=1, agent_id=echo.pk, data=data)
 
@@ -279,7 +279,7 @@ def test_pages_with_events_cost_the_same_few_queries_however_many_events(staff_c
 
 def test_events_page_filtered_by_family_and_agent_name_costs_six_queries(staff_client, django_assert_max_num_queries):
     _log_many(120)
-    quill = Agent.objects.get(name="quill")
+    quill = persona("quill")
     for n in range(60):
         log_event("payment.settled", source="swarm", task_id=n, agent_id=quill.pk, data=SAMPLES["payment.settled"][0])
 

@@ -4,8 +4,7 @@ import pytest
 from django.utils import timezone
 
 from apps.events.services import log_event
-from apps.swarm.models import Agent
-from tests.events.factories import EventFactory
+from tests.events.factories import EventFactory, persona
 
 URL = "/api/v1/events"
 SUMMARY_URL = "/api/v1/events/summary"
@@ -95,7 +94,7 @@ def test_filter_by_family(api_client):
 
 @pytest.mark.parametrize("name", ["quill", "Quill"])
 def test_filter_by_agent_name_in_any_case(api_client, name):
-    quill = Agent.objects.get(name="quill")
+    quill = persona("quill")
     mine = EventFactory(agent_id=str(quill.pk))
     EventFactory(agent_id="quill")  # an id stored as text is not the agent's
 
@@ -113,7 +112,7 @@ def test_an_unknown_event_type_is_a_422_saying_so(api_client, value):
 
 
 def test_each_event_says_what_happened(api_client):
-    echo = Agent.objects.get(name="echo")
+    echo = persona("echo")
     log_event("payment.settled", source="swarm", task_id=1, agent_id=echo.pk, data={"amount_sats": 77})
 
     [row] = api_client.get(URL, {"since_id": 0}).json()["events"]

@@ -7,8 +7,7 @@ from django.urls import reverse
 from apps.events import registry
 from apps.events.services import log_event
 from apps.events.views import PAGE_SIZE
-from apps.swarm.models import Agent
-from tests.events.factories import EventFactory
+from tests.events.factories import EventFactory, persona
 from tests.factories import AgentFactory
 
 URL = reverse("events:list")
@@ -312,9 +311,9 @@ def test_filter_by_family_shows_every_type_of_that_family(staff_client):
 
 @pytest.mark.parametrize("name", ["quill", "Quill", "QUILL", " quill "])
 def test_filter_by_agent_name_in_any_case_shows_that_agents_events(staff_client, name):
-    quill = Agent.objects.get(name="quill")
+    quill = persona("quill")
     mine = log_event("bid.submitted", source="auction", agent_id=quill.pk, data={"agent": "quill", "amount_sats": 9})
-    log_event("bid.submitted", source="auction", agent_id=Agent.objects.get(name="echo").pk, data={"amount_sats": 8})
+    log_event("bid.submitted", source="auction", agent_id=persona("echo").pk, data={"amount_sats": 8})
 
     response = staff_client.get(URL, {"agent_id": name})
 
@@ -323,7 +322,7 @@ def test_filter_by_agent_name_in_any_case_shows_that_agents_events(staff_client,
 
 
 def test_filter_by_a_name_no_agent_has_says_so(staff_client):
-    log_event("agent.joined", source="swarm", agent_id=Agent.objects.get(name="echo").pk)
+    log_event("agent.joined", source="swarm", agent_id=persona("echo").pk)
 
     response = staff_client.get(URL, {"agent_id": "quil"})
 

@@ -13,8 +13,7 @@ from django.urls import reverse
 from apps.events import registry
 from apps.events.models import EventType
 from apps.events.services import log_event
-from apps.swarm.models import Agent
-from tests.events.factories import EventFactory
+from tests.events.factories import EventFactory, persona
 from tests.events.pages import row_words
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,7 +236,7 @@ def test_every_declared_type_has_a_family_a_label_and_an_example_here():
 
 @pytest.mark.parametrize("event_type", sorted(registry.KINDS))
 def test_every_declared_type_reads_as_its_summary_on_the_events_page(staff_client, event_type):
-    echo = Agent.objects.get(name="echo")
+    echo = persona("echo")
     data, words = SAMPLES[event_type]
     log_event(event_type, source="test", task_id=1, agent_id=echo.pk, data=data)
 

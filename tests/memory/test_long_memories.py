@@ -140,6 +140,19 @@ def test_a_question_about_the_last_paragraph_of_a_long_memory_finds_it_once_as_i
     assert found[0] == long.pk and len(found) == len(set(found)) == 7
 
 
+def test_a_prompt_with_no_room_for_a_long_memory_gets_the_passage_that_answers_not_its_beginning(db, minilm):
+    alice = UserFactory(username="alice")
+    long = remember(DIARY, owner=alice)
+
+    [hit] = services.search_memories(QUESTION, user=alice, limit=1)
+    assert hit.memory == long and "hollow stone frog" in hit.passage and len(hit.passage) < len(DIARY) / 3
+    context = services.get_memory_context(QUESTION, user=alice, max_tokens=400)
+    assert "hollow stone frog next to the rain barrel" in context
+    assert "On day 1 we left" not in context and len(context) <= 400 * 4
+    # With room for all of it, the memory goes in whole.
+    assert " ".join(DIARY.split()) in services.get_memory_context(QUESTION, user=alice, max_tokens=5000)
+
+
 @pytest.mark.parametrize("name", ["minilm", "hashed"])
 def test_chunks_overlap_so_a_sentence_a_cut_goes_through_is_whole_in_the_next_chunk(request, name):
     if name == "minilm":

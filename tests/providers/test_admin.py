@@ -90,3 +90,7 @@ def test_the_provider_admin_lists_render(admin_client, provider, t0):
     breaker_record_success(provider, now=t0, latency_ms=10)
     assert admin_client.get(CHANGELIST).status_code == 200
     assert admin_client.get(reverse("admin:providers_providerrequest_changelist")).status_code == 200
+    usage = admin_client.get(reverse("admin:providers_usageday_changelist"))
+    assert usage.status_code == 200 and provider.name in usage.content.decode()
+    # The rollup is the router's to write: no adding, and no editing of a row.
+    assert admin_client.get(reverse("admin:providers_usageday_add")).status_code == 403

@@ -101,6 +101,7 @@ def test_disabled_providers_are_never_called(db, ollama_server, backup_server):
         ("unauthorized", "auth", True, True),
         ("not_found", "not_found", True, True),
         ("context_length", "context_length", False, False),
+        ("bad_request", "bad_request", False, False),
     ],
 )
 def test_each_failure_class_fails_over_and_only_provider_faults_count_for_the_breaker(

@@ -288,3 +288,26 @@ def test_home_shows_an_open_breaker_the_balance_and_pending_upgrades(staff_clien
     assert "last error: cannot connect to ollama" in html
     assert '<strong class="balance">1,234</strong> sats available' in html
     assert "<strong>2</strong> upgrades waiting for a decision" in html
+
+
+def test_a_request_the_model_refuses_as_malformed_is_a_caller_error_that_fails_over_and_leaves_the_breaker_closed(
+    staff_client, db
+):
+    with OllamaServer() as picky, OllamaServer() as server:
+        picky.mode = "bad_request"
+        first = provider_at("picky", picky.url, 1)
+        provider_at("ollama", server.url, 2)
+        for _ in range(THRESHOLD + 1):
+            assert router.complete([{"role": "user", "content": "Hello"}]).provider == "ollama"
+
+    refused = ProviderRequest.objects.filter(provider=first)
+    assert [r.error_class for r in refused] == ["bad_request"] * (THRESHOLD + 1)
+    first.metrics.refresh_from_db()
+    assert first.metrics.circuit_state == "closed"
+    lines = {line.label: line for line in usage_over(window="24h", now=timezone.now()).providers}
+    assert (lines["picky"].calls, lines["picky"].caller_errors, lines["picky"].provider_failures) == (
+        THRESHOLD + 1,
+        THRESHOLD + 1,
+        0,
+    )
+    assert "caller error" in staff_client.get(USAGE).content.decode()

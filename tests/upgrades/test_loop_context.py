@@ -13,9 +13,11 @@ import pytest
 from django.conf import settings as django_settings
 
 from apps.providers.context import estimate_tokens, fit
-from apps.providers.models import Provider, ProviderRequest
+from apps.providers.models import ModelCall, Provider, ProviderRequest
 from apps.upgrades import loop
 from apps.upgrades.models import Upgrade
+from apps.upgrades.services import upgrade_request_create
+from tests.factories import StaffFactory
 from tests.providers.factories import ProviderFactory
 from tests.upgrades.test_gitops import IDENTITY
 from tests.upgrades.test_loop import GOOD, reply
@@ -257,3 +259,17 @@ def test_every_request_of_a_draft_on_this_repository_fits_the_real_embedded_2048
     refused = [r for r in requests if r.outcome != ProviderRequest.Outcome.SUCCESS]
     assert all(r.error_class == ProviderRequest.ErrorClass.CONTEXT_LENGTH for r in refused)
     assert len(refused) <= len(answered) - 1
+
+
+def test_each_drafting_attempt_is_traced_with_its_change_request_attempt_and_the_messages_the_model_got(repo, model):
+    request = upgrade_request_create(instruction="Add sub to pkg/calc.py", actor=StaffFactory())
+    server = model("I would rather describe the change.", GOOD)
+    loop.draft(instruction=request.instruction, request_id=request.pk)
+
+    traces = list(ModelCall.objects.filter(upgrade_request=request).order_by("upgrade_attempt"))
+    assert [(t.upgrade_attempt, t.purpose, t.outcome) for t in traces] == [(1, "upgrade", "ok"), (2, "upgrade", "ok")]
+    for trace, chat in zip(traces, server.chats, strict=True):
+        assert [(m["role"], m["content"]) for m in trace.messages] == [
+            (m["role"], m["content"]) for m in chat["messages"]
+        ]
+    assert traces[1].reply == GOOD
