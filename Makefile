@@ -64,9 +64,9 @@ test-sqlite: $(VENV)/.installed
 # A private PostgreSQL 16 + pgvector (the pgserver package) for this run only, see tests/pg.py. Every test but the
 # browser ones, which drive the same code as the rest through daphne and the worker, and would add 2-3 minutes, and
 # the soak test of the web server (tests/load), which guards against a deadlock of SQLite's and runs three minutes,
-# and the long conversations with the real embedded model, whose time goes to the model, not the database.
+# and the long conversations with the real embedded model and AirLLM's tests, whose time goes to the model.
 test-pg: $(VENV)/.installed
-	$(TEST_ENV) $(PY) -m tests.pg run -- $(PY) -m pytest --durations=15 -m "not e2e and not soak and not conversation"
+	$(TEST_ENV) $(PY) -m tests.pg run -- $(PY) -m pytest --durations=15 -m "not e2e and not soak and not conversation and not airllm"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check apps timmy_site tests bench

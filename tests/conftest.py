@@ -203,6 +203,14 @@ def model_host_process() -> Iterator[ModelHostProcess]:
         yield host
 
 
+@pytest.fixture(scope="session")
+def airllm_dir() -> Path:
+    """SmolLM2-135M-Instruct as the directory AirLLM loads, made from the packaged GGUF once and kept between runs."""
+    from tests.airllm_model import airllm_model_dir
+
+    return airllm_model_dir()
+
+
 @pytest.fixture
 def embedded_model(model_host_process: ModelHostProcess, settings: Any) -> ModelHostProcess:
     """This test's router uses the real embedded model host (the `embedded` provider, tried after the others)."""

@@ -186,6 +186,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Django's own list unless set. The test suite puts a fast hash first (pyproject.toml's pytest env, which the
+# daphne and workers it starts inherit): most tests make an account, and one PBKDF2 hash costs 0.2 s here.
+PASSWORD_HASHERS = env.list(
+    "PASSWORD_HASHERS",
+    default=[
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+        "django.contrib.auth.hashers.Argon2PasswordHasher",
+        "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+        "django.contrib.auth.hashers.ScryptPasswordHasher",
+    ],
+)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -286,8 +298,12 @@ CIRCUIT_BREAKER_RECOVERY_SECONDS = env.int("CIRCUIT_BREAKER_RECOVERY_SECONDS", d
 # The local Ollama server and the model asked of it; `providers_sync` copies these into new provider rows.
 OLLAMA_HOST = env.str("OLLAMA_HOST", default="http://127.0.0.1:11434")
 OLLAMA_MODEL = env.str("OLLAMA_MODEL", default="llama3.2")
-# A local model directory for AirLLM; empty leaves that provider disabled.
+# A local model directory for AirLLM (`manage.py airllm_prepare` makes one from a GGUF file); empty leaves that
+# provider disabled. The model host runs it, loaded at start when this is set.
 AIRLLM_MODEL_PATH = env.str("AIRLLM_MODEL_PATH", default="")
+# How long the airllm provider waits for the next piece of an answer: a large model read from disk layer by layer
+# takes minutes per answer. Copied into the provider row when it is created; edit it there afterwards.
+AIRLLM_READ_TIMEOUT_SECONDS = env.float("AIRLLM_READ_TIMEOUT_SECONDS", default=1800.0)
 # An OpenAI-compatible API; OPENAI_API_KEY is read from the environment at call time only, never stored.
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")

@@ -11,10 +11,10 @@ class LeaseKeeper:
     """Renews a claim's lease from a background thread, every third of its length, for as long as the block runs.
 
     Why not a lease long enough to cover the work: a provider's read timeout bounds each read, not the call — a slow
-    stream, several providers failed over in turn, a test suite or AirLLM (no timeout at all) can outlast any fixed
-    lease, and another worker would then run the job a second time. Renewed like this, the lease lapses only when
-    this process stops (a crash, kill -9, a frozen machine), which is what it is for. `renew` returning False (the
-    claim is gone: failed in the admin, or recovered by another worker) ends the thread early."""
+    stream, several providers failed over in turn, a test suite or AirLLM (half an hour's read timeout) can outlast
+    any fixed lease, and another worker would then run the job a second time. Renewed like this, the lease lapses
+    only when this process stops (a crash, kill -9, a frozen machine), which is what it is for. `renew` returning
+    False (the claim is gone: failed in the admin, or recovered by another worker) ends the thread early."""
 
     def __init__(self, renew: Callable[[], bool], *, lease_seconds: int | None = None, name: str = "lease") -> None:
         self.renew = renew

@@ -8,7 +8,6 @@ client costs more than the whole router); editing a provider in the admin change
 import functools
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -321,81 +320,25 @@ class OpenAIClient:
             )
         return f"{self.where} is up with {self.model}"
 
+    def model_query(self) -> dict[str, str]:
+        """Query parameters naming the model, for a server that holds several (the model host's AirLLM)."""
+        return {}
+
     def context_window(self) -> int | None:
-        """llama.cpp's server says it at /props; other servers (OpenAI, vLLM) do not, and answer 404."""
+        """llama.cpp's server and the model host say it at /props; other servers (OpenAI, vLLM) do not, and answer
+        404."""
         root = self.base_url.rstrip("/").removesuffix("/v1")
         try:
             http = self.http or httpx2.Client(timeout=self.timeout)
-            answer = http.get(f"{root}/props", timeout=httpx2.Timeout(METADATA_TIMEOUT_SECONDS))
+            answer = http.get(
+                f"{root}/props", params=self.model_query(), timeout=httpx2.Timeout(METADATA_TIMEOUT_SECONDS)
+            )
             if answer.status_code != 200:
                 return None
             n_ctx = answer.json().get("default_generation_settings", {}).get("n_ctx")
         except (httpx2.HTTPError, ValueError, AttributeError) as exc:
             raise self._error(exc) from exc
         return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
-
-
-# --- AirLLM (in-process, optional extra) ---
-
-
-class AirLLMClient:
-    """Runs a large model layer by layer on this machine. Slow, but needs no daemon; loaded once, lazily."""
-
-    _lock = threading.Lock()
-
-    def __init__(self, *, model_path: str) -> None:
-        self.model_path = model_path
-        self._model: Any = None
-
-    def _load(self) -> Any:
-        if not self.model_path:
-            raise ProviderCallError(ErrorClass.NOT_FOUND, "AirLLM has no model: set AIRLLM_MODEL_PATH or the model")
-        try:
-            import airllm  # an optional extra, imported only when this provider is used
-        except ImportError as exc:
-            raise ProviderCallError(
-                ErrorClass.NOT_FOUND, "AirLLM is an optional extra that is not installed: pip install airllm"
-            ) from exc
-        with self._lock:
-            if self._model is None:
-                if not Path(self.model_path).exists() and "/" not in self.model_path:
-                    raise ProviderCallError(ErrorClass.NOT_FOUND, f"AirLLM model {self.model_path!r} not found")
-                try:
-                    self._model = airllm.AutoModel.from_pretrained(self.model_path)
-                except (OSError, ValueError) as exc:
-                    raise ProviderCallError(
-                        ErrorClass.NOT_FOUND, f"AirLLM cannot load {self.model_path}: {exc}"
-                    ) from exc
-        return self._model
-
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None) -> Reply:
-        model = self._load()
-        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        try:
-            tokens = model.tokenizer([prompt], return_tensors="pt", truncation=True, max_length=4096)
-            output = model.generate(
-                tokens["input_ids"], max_new_tokens=max_tokens or 256, use_cache=True, return_dict_in_generate=True
-            )
-            prompt_length = tokens["input_ids"].shape[1]
-            content = model.tokenizer.decode(output.sequences[0][prompt_length:], skip_special_tokens=True)
-        except (RuntimeError, ValueError, MemoryError) as exc:
-            raise ProviderCallError(ErrorClass.OTHER, f"AirLLM failed: {type(exc).__name__}: {exc}") from exc
-        return Reply(
-            content=content, model=self.model_path, tokens_in=prompt_length, tokens_out=_estimate_tokens(content)
-        )
-
-    def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int | None, window: int | None = None
-    ) -> Iterator[Chunk]:
-        reply = self.complete(messages, max_tokens=max_tokens)
-        yield Chunk(reply.content, reply.tokens_in, reply.tokens_out)
-
-    def health(self) -> str:
-        self._load()
-        return f"AirLLM loaded {self.model_path}"
-
-    def context_window(self) -> int | None:
-        return None
 
 
 @functools.lru_cache(maxsize=32)
@@ -407,13 +350,14 @@ def _cached_client(kind: str, base_url: str, model: str, connect: float, read: f
         # The openai library is built on httpx2, a fork with its own Timeout.
         timeout = httpx2.Timeout(read, connect=connect, pool=connect)
         return OpenAIClient(base_url=base_url, model=model, timeout=timeout, api_key=key)
-    if kind == Provider.Kind.AIRLLM:
-        return AirLLMClient(model_path=model)
-    if kind == Provider.Kind.EMBEDDED:
-        # The one model host of this installation (apps.providers.embedded), over its unix socket (base_url).
+    if kind in (Provider.Kind.EMBEDDED, Provider.Kind.AIRLLM):
+        # The one model host of this installation (apps.providers.embedded), over its unix socket (base_url); it
+        # runs the embedded GGUF model and AirLLM's model directories.
         from apps.providers import embedded
 
         timeout = httpx2.Timeout(read, connect=connect, pool=connect)
+        if kind == Provider.Kind.AIRLLM:
+            return embedded.AirLLMClient(model=model, timeout=timeout, path=Path(base_url))
         return embedded.EmbeddedClient(model=model, timeout=timeout, path=Path(base_url))
     raise ProviderCallError(ErrorClass.NOT_FOUND, f"unknown provider kind {kind!r}")
 
@@ -424,7 +368,7 @@ def client_for(provider: Provider) -> Client:
     # The key is read from the environment for each request and is part of the cache key only in memory.
     key = os.environ.get("OPENAI_API_KEY", "") if provider.kind == Provider.Kind.OPENAI else ""
     base_url = provider.base_url
-    if provider.kind == Provider.Kind.EMBEDDED:
+    if provider.kind in (Provider.Kind.EMBEDDED, Provider.Kind.AIRLLM):
         from apps.providers import embedded
 
         base_url = str(embedded.socket_path())

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx2
 from django.conf import settings
@@ -48,6 +49,10 @@ PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_NAME = "SmolLM2-135M-Instruct"
 BASE_URL = "http://model-host/v1"
 WHERE = "the embedded model host"
+# AirLLM's models are served by the same host under this prefix (apps.providers.airllm_engine).
+AIRLLM_PREFIX = "/airllm"
+AIRLLM_BASE_URL = f"http://model-host{AIRLLM_PREFIX}/v1"
+AIRLLM_WHERE = "AirLLM in the model host"
 # Longest path a unix socket address takes on Linux (sun_path is 108 bytes with its NUL).
 SOCKET_PATH_MAX = 107
 # A streamed reply's pieces after the first are sent together at most this often.
@@ -99,16 +104,24 @@ class ModelUnavailable(Exception):
 
 
 class EmbeddedClient(OpenAIClient):
+    prefix = ""
+
     def __init__(self, *, model: str, timeout: httpx2.Timeout, path: Path) -> None:
         self.socket = path
         super().__init__(
-            base_url=BASE_URL,
-            model=model or default_model_name(),
+            base_url=f"http://model-host{self.prefix}/v1",
+            model=model or self.default_model(),
             timeout=timeout,
             api_key="",
             transport=httpx2.HTTPTransport(uds=str(path)),
-            where=WHERE,
+            where=self.host_name(),
         )
+
+    def default_model(self) -> str:
+        return default_model_name()
+
+    def host_name(self) -> str:
+        return WHERE
 
     def _error(self, exc: Exception) -> ProviderCallError:
         error = super()._error(exc)
@@ -123,7 +136,8 @@ class EmbeddedClient(OpenAIClient):
     def host_health(self, *, timeout: float = 1.0) -> dict[str, Any]:
         assert self.http is not None
         try:
-            answer = self.http.get("http://model-host/health", timeout=timeout)
+            url = f"http://model-host{self.prefix}/health"
+            answer = self.http.get(url, params=self.model_query(), timeout=timeout)
             answer.raise_for_status()
             health: dict[str, Any] = answer.json()
         except (httpx2.HTTPError, ValueError) as exc:
@@ -139,6 +153,52 @@ class EmbeddedClient(OpenAIClient):
         return f"{WHERE} is up with {health.get('model')} (context {health.get('n_ctx')} tokens)"
 
 
+class AirLLMClient(EmbeddedClient):
+    """The `airllm` provider: a model directory run by AirLLM in the model host (apps.providers.airllm_engine)."""
+
+    prefix = AIRLLM_PREFIX
+
+    def default_model(self) -> str:
+        return str(settings.AIRLLM_MODEL_PATH)
+
+    def host_name(self) -> str:
+        return AIRLLM_WHERE
+
+    def model_query(self) -> dict[str, str]:
+        return {"model": self.model}
+
+    def _error(self, exc: Exception) -> ProviderCallError:
+        error = super()._error(exc)
+        if error.error_class == ErrorClass.TIMEOUT:
+            # A model that is still loading (minutes for a large one) is slow, not broken: the breaker must not
+            # count it, and the next request finds it loaded.
+            with suppress(ProviderCallError):
+                health = self.host_health(timeout=1.0)
+                if health.get("loading") == self.model:
+                    return ProviderCallError(
+                        ErrorClass.BUSY,
+                        f"{AIRLLM_WHERE} is still loading {self.model} ({health.get('loading_seconds')} s so far); "
+                        "it answers once loaded",
+                    )
+        return error
+
+    def health(self) -> str:
+        if not self.model:
+            raise ProviderCallError(ErrorClass.NOT_FOUND, "AirLLM has no model: set AIRLLM_MODEL_PATH or the model")
+        health = self.host_health(timeout=self.timeout.connect or 2.0)
+        if health.get("problem"):
+            raise ProviderCallError(ErrorClass.NOT_FOUND, f"{AIRLLM_WHERE}: {health['problem']}")
+        if health.get("loading") == self.model:
+            return f"{AIRLLM_WHERE} is loading {self.model} ({health.get('loading_seconds')} s so far)"
+        loaded = health.get("model_loaded")
+        if not loaded:
+            return f"{AIRLLM_WHERE} is up; {self.model} loads on first use"
+        return (
+            f"{AIRLLM_WHERE} has {self.model} loaded on {loaded.get('device')} "
+            f"(context {loaded.get('n_ctx')} tokens, loaded in {loaded.get('load_seconds')} s)"
+        )
+
+
 def client(*, model: str, timeout: httpx2.Timeout) -> EmbeddedClient:
     return EmbeddedClient(model=model, timeout=timeout, path=socket_path())
 
@@ -150,6 +210,17 @@ def host_health(*, timeout: float = 0.5) -> dict[str, Any] | None:
         return None
     try:
         return client(model="", timeout=httpx2.Timeout(timeout)).host_health(timeout=timeout)
+    except ProviderCallError:
+        return None
+
+
+def airllm_health(model: str, *, timeout: float = 0.5) -> dict[str, Any] | None:
+    """What the running host says of AirLLM and of `model` (a directory), None when no host is running."""
+    path = socket_path()
+    if not path.exists():
+        return None
+    try:
+        return AirLLMClient(model=model, timeout=httpx2.Timeout(timeout), path=path).host_health(timeout=timeout)
     except ProviderCallError:
         return None
 
@@ -231,16 +302,19 @@ class ModelHost:
         self.recent_rates: deque[float] = deque(maxlen=RECENT)
         self.started = time.time()
 
-    # Loading happens in a turn of its own: requests that come meanwhile wait in line behind it.
-    def preload(self) -> None:
-        threading.Thread(target=self._preload, name="model-preload", daemon=True).start()
+    def default_name(self) -> str:
+        return default_model_name()
 
-    def _preload(self) -> None:
+    # Loading happens in a turn of its own: requests that come meanwhile wait in line behind it.
+    def preload(self, name: str = "") -> None:
+        threading.Thread(target=self._preload, args=(name,), name="model-preload", daemon=True).start()
+
+    def _preload(self, name: str) -> None:
         try:
             with self.tickets.turn():
-                self._model(default_model_name())
+                self._model(name or self.default_name())
         except ModelUnavailable as exc:
-            logger.warning("the embedded model was not preloaded: %s", exc)
+            logger.warning("the model was not preloaded: %s", exc)
 
     def _model(self, name: str) -> Any:
         try:
@@ -277,7 +351,7 @@ class ModelHost:
         logger.info("loaded %s in %.2f s (context %d tokens)", path, self.loaded.seconds, llm.n_ctx())
         return llm
 
-    def health(self) -> dict[str, Any]:
+    def health(self, query: dict[str, str] | None = None) -> dict[str, Any]:
         loaded = self.loaded
         return {
             "status": "ok",
@@ -300,7 +374,7 @@ class ModelHost:
             else None,
         }
 
-    def props(self) -> dict[str, Any]:
+    def props(self, query: dict[str, str] | None = None) -> dict[str, Any]:
         loaded = self.loaded
         n_ctx = loaded.llm.n_ctx() if loaded else self.n_ctx
         return {"default_generation_settings": {"n_ctx": n_ctx}, "model_path": str(loaded.path) if loaded else ""}
@@ -308,6 +382,128 @@ class ModelHost:
     def rate(self, tokens: int, seconds: float) -> None:
         if tokens > 1 and seconds > 0:
             self.recent_rates.append(tokens / seconds)
+
+
+class AirLLMHost(ModelHost):
+    """AirLLM's side of the host: one loaded model per directory, in its own line of requests (a generation of a
+    large model takes minutes; the embedded model's requests need not wait behind it)."""
+
+    def __init__(self, *, queue_max: int) -> None:
+        super().__init__(n_ctx=0, n_threads=0, queue_max=queue_max)
+        self.models: dict[Path, Loaded] = {}
+        self.rates: dict[Path, deque[float]] = {}
+        self.current: Path | None = None
+        self.loading_since = 0.0
+        self.errors: dict[Path, str] = {}
+
+    def default_name(self) -> str:
+        return str(settings.AIRLLM_MODEL_PATH)
+
+    def _path(self, name: str) -> Path:
+        name = name or self.default_name()
+        if not name:
+            raise ModelUnavailable("AirLLM has no model: set AIRLLM_MODEL_PATH or the airllm provider's model")
+        return Path(name).expanduser()
+
+    def _model(self, name: str) -> Any:
+        from apps.providers import airllm_engine  # torch and transformers: this process only, on first use
+
+        path = self._path(name)
+        if path in self.models:
+            self.current = path
+            return self.models[path].llm
+        try:
+            airllm_engine.check_directory(path)
+        except ValueError as exc:
+            self.errors[path] = str(exc)
+            raise ModelUnavailable(str(exc)) from exc
+        self.loading, self.loading_since = str(name or path), time.monotonic()
+        logger.info("AirLLM: loading %s", path)
+        try:
+            runner = airllm_engine.AirLLMRunner(path)
+        except ImportError as exc:
+            self.errors[path] = f"AirLLM is not installed ({exc}): `make setup` installs it"
+            raise ModelUnavailable(self.errors[path]) from exc
+        except (ValueError, RuntimeError, OSError, KeyError) as exc:
+            self.errors[path] = f"AirLLM cannot load {path}: {type(exc).__name__}: {exc}"
+            raise ModelUnavailable(self.errors[path]) from exc
+        finally:
+            self.loading = ""
+        seconds = time.monotonic() - self.loading_since
+        self.models[path] = Loaded(str(path), path, runner, seconds)
+        self.errors.pop(path, None)
+        self.loads += 1
+        self.current = path
+        logger.info(
+            "AirLLM: loaded %s on %s in %.2f s (%d tokens of context)", path, runner.device, seconds, runner.n_ctx()
+        )
+        return runner
+
+    def rate(self, tokens: int, seconds: float) -> None:
+        if self.current is not None and tokens > 1 and seconds > 0:
+            self.rates.setdefault(self.current, deque(maxlen=RECENT)).append(tokens / seconds)
+
+    def _describe(self, loaded: Loaded) -> dict[str, Any]:
+        rates = self.rates.get(loaded.path)
+        return {
+            "path": str(loaded.path),
+            "device": loaded.llm.device,
+            "load_seconds": round(loaded.seconds, 3),
+            "n_ctx": loaded.llm.n_ctx(),
+            "tokens_per_second": round(sum(rates) / len(rates), 2) if rates else None,
+        }
+
+    def health(self, query: dict[str, str] | None = None) -> dict[str, Any]:
+        health: dict[str, Any] = {
+            "status": "ok",
+            "engine": "airllm",
+            "models": [self._describe(loaded) for loaded in self.models.values()],
+            "loading": self.loading,
+            "loading_seconds": round(time.monotonic() - self.loading_since, 1) if self.loading else None,
+            "loads": self.loads,
+            "requests": self.requests,
+            "generating": self.generating,
+            "waiting": self.tickets.waiting,
+            "queue_max": self.queue_max,
+        }
+        if query is not None and "model" in query:
+            # One model's state, for its provider: loaded, or what stops it from loading.
+            name = query["model"]
+            try:
+                path = self._path(name)
+            except ModelUnavailable as exc:
+                health["problem"] = str(exc)
+                return health
+            loaded = self.models.get(path)
+            health["model_loaded"] = self._describe(loaded) if loaded else None
+            if loaded is None:
+                from apps.providers.airllm_engine import check_directory  # no torch: a look at the files
+
+                try:
+                    check_directory(path)
+                except ValueError as exc:
+                    health["problem"] = str(exc)
+                else:
+                    if path in self.errors:
+                        health["problem"] = self.errors[path]
+        return health
+
+    def props(self, query: dict[str, str] | None = None) -> dict[str, Any]:
+        """The window of the model a query names, from its config.json when it is not loaded yet."""
+        try:
+            path = self._path((query or {}).get("model", ""))
+        except ModelUnavailable:
+            return {"default_generation_settings": {}}
+        loaded = self.models.get(path)
+        if loaded is not None:
+            n_ctx = loaded.llm.n_ctx()
+        else:
+            try:
+                config = json.loads((path / "config.json").read_text())
+                n_ctx = int(config.get("max_position_embeddings") or 0) or None
+            except (OSError, ValueError, TypeError):
+                n_ctx = None
+        return {"default_generation_settings": {"n_ctx": n_ctx} if n_ctx else {}, "model_path": str(path)}
 
 
 _CONTEXT_ERROR = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
@@ -334,22 +530,38 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, code: str) -> None:
         self._json(status, {"error": {"message": message, "type": "invalid_request_error", "code": code}})
 
+    def _route(self) -> tuple[ModelHost, str, dict[str, str]]:
+        """The engine a request is for (AirLLM's paths start with AIRLLM_PREFIX), its path and its query."""
+        url = urlsplit(self.path)
+        path = url.path
+        host: ModelHost = self.server.host
+        if path == AIRLLM_PREFIX or path.startswith(AIRLLM_PREFIX + "/"):
+            host, path = self.server.airllm, path.removeprefix(AIRLLM_PREFIX)
+        return host, path, dict(parse_qsl(url.query))
+
     def do_GET(self) -> None:
-        host = self.server.host
-        if self.path == "/health":
-            self._json(200, host.health())
-        elif self.path in ("/props", "/v1/props"):
-            self._json(200, host.props())
-        elif self.path == "/v1/models":
-            health = host.health()
+        host, path, query = self._route()
+        if path == "/health":
+            health = host.health(query)
+            if host is self.server.host:
+                health["airllm"] = self.server.airllm.health()
+            self._json(200, health)
+        elif path in ("/props", "/v1/props"):
+            self._json(200, host.props(query))
+        elif path == "/v1/models":
+            if isinstance(host, AirLLMHost):
+                ids = [str(loaded.path) for loaded in host.models.values()] or [host.default_name()]
+            else:
+                ids = [host.health()["model"]]
             self._json(
-                200, {"object": "list", "data": [{"id": health["model"], "object": "model", "owned_by": "local"}]}
+                200, {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "local"} for i in ids if i]}
             )
         else:
             self._error(404, f"no such endpoint: {self.path}", "not_found")
 
     def do_POST(self) -> None:
-        if self.path != "/v1/chat/completions":
+        host, path, _ = self._route()
+        if path != "/v1/chat/completions":
             self._error(404, f"no such endpoint: {self.path}", "not_found")
             return
         try:
@@ -361,7 +573,6 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError) as exc:
             self._error(400, f"bad request: {exc}", "invalid_request")
             return
-        host = self.server.host
         try:
             with host.tickets.turn(max_waiting=host.queue_max):
                 host.requests += 1
@@ -383,7 +594,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name in ("temperature", "top_p", "stop", "seed"):
             if body.get(name) is not None:
                 options[name] = body[name]
-        model = str(body.get("model") or default_model_name())
+        model = str(body.get("model") or host.default_name())
         chunks = llm.create_chat_completion(stream=True, **options)
         # llama-cpp-python yields the role first and checks the prompt against the context only after it: read up to
         # the first text before answering, so that a prompt too long is a 400 the router can act on.
@@ -395,6 +606,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
         except ValueError as exc:
             self._context_error(exc)
+            return
+        except RuntimeError as exc:  # AirLLM's generation failed before its first token
+            self._error(500, str(exc), "server_error")
             return
         # The prompt has been read and the first token drawn (not yet evaluated).
         prompt_tokens = llm.n_tokens
@@ -562,10 +776,16 @@ def _text(chunk: dict[str, Any]) -> str:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     host: ModelHost
+    airllm: AirLLMHost
 
 
 def serve(
-    path: Path, host: ModelHost, *, ready: threading.Event | None = None, stop: threading.Event | None = None
+    path: Path,
+    host: ModelHost,
+    *,
+    airllm: AirLLMHost | None = None,
+    ready: threading.Event | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Listen on `path` until `stop` is set (or for ever). Refuses to start when another host answers there."""
     if len(str(path).encode()) > SOCKET_PATH_MAX:
@@ -581,6 +801,7 @@ def serve(
     finally:
         os.umask(old_umask)
     server.host = host
+    server.airllm = airllm or AirLLMHost(queue_max=host.queue_max)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="model-host", daemon=True
     )

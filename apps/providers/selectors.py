@@ -164,6 +164,8 @@ class EmbeddedHost:
     tokens_per_second: float | None = None
     waiting: int = 0
     requests: int = 0
+    device: str = ""
+    loading_seconds: float | None = None
 
 
 def embedded_host() -> EmbeddedHost:
@@ -184,6 +186,40 @@ def embedded_host() -> EmbeddedHost:
         waiting=int(health.get("waiting") or 0),
         requests=int(health.get("requests") or 0),
     )
+
+
+def airllm_host(model: str) -> EmbeddedHost:
+    """AirLLM's model `model` (a directory) in the model host: loaded (in how long, how fast it generates), loading,
+    or what stops it from loading."""
+    from apps.providers import embedded
+
+    health = embedded.airllm_health(model)
+    if health is None:
+        return EmbeddedHost(running=False, model=model)
+    loaded = health.get("model_loaded") or {}
+    loading = bool(model) and health.get("loading") == model
+    return EmbeddedHost(
+        running=True,
+        model=model,
+        loaded=bool(loaded),
+        loading=loading,
+        error=str(health.get("problem") or ""),
+        load_seconds=loaded.get("load_seconds"),
+        context_tokens=loaded.get("n_ctx"),
+        tokens_per_second=loaded.get("tokens_per_second"),
+        waiting=int(health.get("waiting") or 0),
+        requests=int(health.get("requests") or 0),
+        device=str(loaded.get("device") or ""),
+        loading_seconds=health.get("loading_seconds") if loading else None,
+    )
+
+
+def _host(provider: Provider, embedded: EmbeddedHost | None) -> EmbeddedHost | None:
+    if provider.kind == Provider.Kind.EMBEDDED:
+        return embedded
+    if provider.kind == Provider.Kind.AIRLLM and provider.enabled:
+        return airllm_host(provider.model)
+    return None
 
 
 @dataclass(frozen=True)
@@ -248,7 +284,7 @@ def router_status(
                 bucket_starts=bucket_starts,
                 last_success_at=last_success.get(provider.pk),
                 until_half_open=_seconds_until_half_open(metrics[provider.pk], now=now, recovery_seconds=recovery),
-                host=host if provider.kind == Provider.Kind.EMBEDDED else None,
+                host=_host(provider, host),
             )
             for provider in providers
         ],

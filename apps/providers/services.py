@@ -60,6 +60,7 @@ class DefaultProvider:
     enabled: bool
     model: str
     base_url: str
+    read_timeout_seconds: float = Provider._meta.get_field("read_timeout_seconds").get_default()
 
 
 def default_providers() -> list[DefaultProvider]:
@@ -68,7 +69,13 @@ def default_providers() -> list[DefaultProvider]:
     return [
         DefaultProvider("ollama", Provider.Kind.OLLAMA, 1, True, settings.OLLAMA_MODEL, settings.OLLAMA_HOST),
         DefaultProvider(
-            "airllm", Provider.Kind.AIRLLM, 2, bool(settings.AIRLLM_MODEL_PATH), settings.AIRLLM_MODEL_PATH, ""
+            "airllm",
+            Provider.Kind.AIRLLM,
+            2,
+            bool(settings.AIRLLM_MODEL_PATH),
+            settings.AIRLLM_MODEL_PATH,
+            "",
+            settings.AIRLLM_READ_TIMEOUT_SECONDS,
         ),
         DefaultProvider(
             "openai",
@@ -97,6 +104,7 @@ def providers_ensure_defaults() -> list[Provider]:
                     "enabled": default.enabled,
                     "model": default.model,
                     "base_url": default.base_url,
+                    "read_timeout_seconds": default.read_timeout_seconds,
                 },
             )
             _metrics_ensure(provider)

@@ -13,12 +13,6 @@ from tests.factories import StaffFactory
 PASSWORD = "correct horse battery staple"  # tests.factories.UserFactory's
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    # The personas are created with a password per test; PBKDF2 would make that most of the run time.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def superuser(db: None) -> Any:
     return StaffFactory(username="operator", is_superuser=True)

@@ -45,6 +45,23 @@ def test_airllm_is_enabled_when_a_model_path_is_set(db, bare_environment):
     airllm = providers()["airllm"]
     assert airllm.enabled
     assert airllm.model == "/models/llama-70b"
+    # Minutes per answer on a large model: not the 120 s of the others.
+    assert (airllm.read_timeout_seconds, providers()["ollama"].read_timeout_seconds) == (1800, 120)
+
+
+def test_an_airllm_row_on_the_old_default_timeout_gets_airllm_s_and_an_operator_s_choice_stays(db):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("apps.providers.migrations.0007_airllm_read_timeout")
+    old = Provider.objects.create(name="airllm", kind=Provider.Kind.AIRLLM, read_timeout_seconds=120)
+    chosen = Provider.objects.create(name="big", kind=Provider.Kind.AIRLLM, read_timeout_seconds=600)
+    other = Provider.objects.create(name="ollama", kind=Provider.Kind.OLLAMA, read_timeout_seconds=120)
+    migration.longer_airllm_timeout(apps, None)
+    for row in (old, chosen, other):
+        row.refresh_from_db()
+    assert (old.read_timeout_seconds, chosen.read_timeout_seconds, other.read_timeout_seconds) == (1800, 600, 120)
 
 
 def test_openai_is_enabled_by_a_base_url(db, bare_environment):

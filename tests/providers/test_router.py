@@ -266,14 +266,3 @@ def test_a_stream_that_breaks_after_its_first_chunk_is_an_error_not_a_failover(d
     assert backup_server.requests["/api/chat"] == 0
     assert ProviderRequest.objects.get(provider=first).outcome == "failure"
     assert not events("provider.failover")
-
-
-def test_airllm_without_its_optional_package_fails_over_with_a_clear_configuration_error(db, ollama_server, tmp_path):
-    ProviderFactory(name="airllm", kind=Provider.Kind.AIRLLM, model=str(tmp_path), base_url="", priority=1)
-    ollama("local", ollama_server.url, 2)
-    assert router.complete(HELLO).provider == "local"
-    [failover] = events("provider.failover")
-    assert failover.data["error_class"] == "not_found"
-    assert failover.data["reason"] == (
-        "configuration error: AirLLM is an optional extra that is not installed: pip install airllm"
-    )

@@ -11,8 +11,9 @@ from apps.providers import embedded
 
 class Command(BaseCommand):
     help = (
-        "Run the embedded model host: one llama.cpp model shared by the dashboard and every worker, on a unix "
-        "socket in the data directory. `manage.py serve` (make run) starts it for you; run it alone when the "
+        "Run the model host: the embedded llama.cpp model, and AirLLM's models (directories, loaded one per path "
+        "on first use, or at start when AIRLLM_MODEL_PATH is set), shared by the dashboard and every worker, on a "
+        "unix socket in the data directory. `manage.py serve` (make run) starts it for you; run it alone when the "
         "dashboard and the workers are started separately. Ctrl-C or SIGTERM stops it."
     )
 
@@ -21,7 +22,7 @@ class Command(BaseCommand):
             "--socket", default="", help="Where to listen (default: EMBEDDED_SOCKET, else <DATA_DIR>/model-host.sock)."
         )
         parser.add_argument(
-            "--no-preload", action="store_true", help="Load the model on the first request, not at start."
+            "--no-preload", action="store_true", help="Load the models on their first request, not at start."
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -31,6 +32,7 @@ class Command(BaseCommand):
             n_threads=settings.EMBEDDED_THREADS,
             queue_max=settings.EMBEDDED_QUEUE_MAX,
         )
+        airllm = embedded.AirLLMHost(queue_max=settings.EMBEDDED_QUEUE_MAX)
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -47,9 +49,11 @@ class Command(BaseCommand):
             )
         elif not options["no_preload"]:
             host.preload()
+        if settings.AIRLLM_MODEL_PATH and not options["no_preload"]:
+            airllm.preload()
         threading.Thread(target=self._announce, args=(ready, path, model), daemon=True).start()
         try:
-            embedded.serve(path, host, ready=ready, stop=stop)
+            embedded.serve(path, host, airllm=airllm, ready=ready, stop=stop)
         except embedded.ModelUnavailable as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write("Model host stopped.")
