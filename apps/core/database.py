@@ -79,6 +79,9 @@ def message(kind: str) -> str:
     )
 
 
+API_PREFIX = "/api/"
+
+
 def api_response(exc: BaseException, kind: str) -> JsonResponse:
     _log(exc, kind, "API request")
     response = JsonResponse({"detail": message(kind), "retry_after": retry_after()}, status=503)
@@ -119,12 +122,19 @@ class DatabaseUnavailableMiddleware:
         marked = getattr(request, "_database_unavailable", None)
         if marked is not None and response.status_code == 500:
             exc, kind = marked
-            return page_response(request, exc, kind)
+            return self.answer(request, exc, kind)
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         kind = unavailable(exception)
-        return page_response(request, exception, kind) if kind else None
+        return self.answer(request, exception, kind) if kind else None
+
+    @staticmethod
+    def answer(request: HttpRequest, exc: BaseException, kind: str) -> HttpResponse:
+        # A script calling the API reads JSON, whatever failed before its view ran (a session, a token's last use).
+        if request.path.startswith(API_PREFIX):
+            return api_response(exc, kind)
+        return page_response(request, exc, kind)
 
 
 def note_request_exception(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:

@@ -15,6 +15,7 @@ from apps.upgrades.selectors import upgrade_pending_count
 def home(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     workers = [(w, w.is_alive(now)) for w in workers_recent()]
+    pending_upgrades = upgrade_pending_count()
     return render(
         request,
         "core/home.html",
@@ -27,6 +28,8 @@ def home(request: HttpRequest) -> HttpResponse:
             "events": events_latest(limit=10),
             "providers": providers_health(),
             "balance": get_balance(),
-            "pending_upgrades": upgrade_pending_count(),
+            "pending_upgrades": pending_upgrades,
+            # The navigation's count too (it shadows the context processor's, which would count them again).
+            "nav_pending_upgrades": pending_upgrades,
         },
     )

@@ -118,11 +118,28 @@ def eos_ids(tokenizer: Any, *configs: Any) -> list[int]:
     return sorted(ids)
 
 
-class _Queue:
-    """A transformers streamer that hands each generated token id to the reading thread."""
+class Detokenizer:
+    """The text of generated tokens as they come: each token's new piece, with a character cut in the middle of its
+    UTF-8 bytes held back until the next token completes it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.generated: list[int] = []
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        self.generated.append(token)
+        text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.text = text[len(self.text) :], text
+        return str(piece)
+
+
+class TokenStreamer:
+    """A transformers streamer that hands each generated token id to `token()`."""
 
     def __init__(self) -> None:
-        self.tokens: queue.Queue[int | None] = queue.Queue()
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
@@ -130,7 +147,24 @@ class _Queue:
             self._prompt_seen = True
             return
         for token in value.reshape(-1).tolist():
-            self.tokens.put(int(token))
+            self.token(int(token))
+
+    def token(self, token: int) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        pass
+
+
+class _Queue(TokenStreamer):
+    """Hands each token to the thread that reads the reply; None when generation ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens: queue.Queue[int | None] = queue.Queue()
+
+    def token(self, token: int) -> None:
+        self.tokens.put(token)
 
     def end(self) -> None:
         self.tokens.put(None)
@@ -213,8 +247,7 @@ class AirLLMRunner:
 
         thread = threading.Thread(target=run, name="airllm-generate", daemon=True)
         thread.start()
-        generated: list[int] = []
-        shown = ""
+        decoder = Detokenizer(self.tokenizer)
         finish = "length"
         try:
             while True:
@@ -225,20 +258,15 @@ class AirLLMRunner:
                 if token in self.eos:
                     finish = "stop"
                     continue
-                generated.append(token)
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                # Hold back a character cut in the middle of its UTF-8 bytes until the next token completes it.
-                if text.endswith("\ufffd"):
-                    continue
-                piece, shown = text[len(shown) :], text
+                piece = decoder.add(token)
                 if piece:
                     yield _chunk({"content": piece})
             if failure:
                 raise RuntimeError(f"AirLLM failed: {type(failure[0]).__name__}: {failure[0]}") from failure[0]
-            if len(generated) < max_new and finish == "length" and not stopped.is_set():
+            if len(decoder.generated) < max_new and finish == "length" and not stopped.is_set():
                 finish = "stop"
             # The handler counts the reply's tokens as n_tokens - (n_tokens when the first text came) + 1.
-            self.n_tokens = prompt_length + max(0, len(generated) - 1)
+            self.n_tokens = prompt_length + max(0, len(decoder.generated) - 1)
             yield _chunk({}, finish_reason=finish)
         finally:
             # A client that went away closes this generator: the generation thread stops at its next token, and the

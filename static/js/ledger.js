@@ -8,21 +8,9 @@
   const INCOMING_COLOUR = "#137a3c"; // --ok in timmy.css
   const OUTGOING_COLOUR = "#b42318"; // --bad
 
-  function readData() {
-    const source = document.getElementById("ledger-chart-data");
-    if (source === null) return null;
-    try {
-      return JSON.parse(source.textContent);
-    } catch {
-      return null;
-    }
-  }
+  const readData = () => window.TimmyCharts.readJson("ledger-chart-data");
 
-  function dayLabel(iso) {
-    // The day is a calendar date, not an instant: read it as local midnight so no time zone moves it.
-    const [year, month, day] = iso.split("-").map(Number);
-    return new Date(year, month - 1, day).toLocaleDateString([], { month: "short", day: "numeric" });
-  }
+  const { dayLabel } = window.TimmyCharts;
 
   function render() {
     if (typeof Chart === "undefined") return;

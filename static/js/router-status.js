@@ -13,15 +13,7 @@
     return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
-  function readData() {
-    const source = document.getElementById("router-chart-data");
-    if (source === null) return null;
-    try {
-      return JSON.parse(source.textContent);
-    } catch {
-      return null;
-    }
-  }
+  const readData = () => window.TimmyCharts.readJson("router-chart-data");
 
   function create(canvas, labels, ranges, series) {
     return new Chart(canvas, {

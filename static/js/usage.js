@@ -8,21 +8,9 @@
   // Distinct, colour-blind-safe hues (Okabe-Ito), one per provider in name order.
   const PALETTE = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000"];
 
-  function readData() {
-    const source = document.getElementById("usage-chart-data");
-    if (source === null) return null;
-    try {
-      return JSON.parse(source.textContent);
-    } catch {
-      return null;
-    }
-  }
+  const readData = () => window.TimmyCharts.readJson("usage-chart-data");
 
-  function dayLabel(iso) {
-    // A calendar date, not an instant: read it as local midnight so no time zone moves it.
-    const [year, month, day] = iso.split("-").map(Number);
-    return new Date(year, month - 1, day).toLocaleDateString([], { month: "short", day: "numeric" });
-  }
+  const { dayLabel } = window.TimmyCharts;
 
   function tokensChart(canvas, labels, data) {
     const datasets = [];

@@ -283,7 +283,11 @@ def test_home_shows_an_open_breaker_the_balance_and_pending_upgrades(staff_clien
                 test_results={"passed": True},
             )
         )
-    html = staff_client.get(reverse("home")).content.decode()
+    with CaptureQueriesContext(connection) as queries:
+        html = staff_client.get(reverse("home")).content.decode()
+    # Counted once, for the panel and the navigation's badge alike.
+    assert len([q for q in queries if 'FROM "upgrades"' in q["sql"] and "COUNT(" in q["sql"].upper()]) == 1
+    assert 'class="nav-count" title="2 upgrades waiting for a decision"' in html
     assert '<span class="badge circuit-open">circuit open</span>' in html
     assert "last error: cannot connect to ollama" in html
     assert '<strong class="balance">1,234</strong> sats available' in html
