@@ -28,13 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from isolated import DATA_DIR, code_version, say  # first: sets up Django in a temporary data dir, removed at exit
+from isolated import (  # first: sets up Django in a temporary data dir, removed at exit
+    DATA_DIR,
+    code_version,
+    migrate_fresh_database,
+    say,
+)
 
 # isort: split
 import django
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import Client
 
@@ -389,10 +393,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="requests per page, size and round")
     args = parser.parse_args()
 
-    say(f"data dir {DATA_DIR} (removed at exit); SQLite {connection.Database.sqlite_version}; DEBUG off")
-    if not Path(connection.settings_dict["NAME"]).resolve().is_relative_to(DATA_DIR.resolve()):
-        raise RuntimeError(f"refusing to run against {connection.settings_dict['NAME']}")
-    call_command("migrate", verbosity=0, interactive=False)
+    migrate_fresh_database(f"SQLite {connection.Database.sqlite_version}")
 
     figures = bench_log_event(batch=args.batch, rounds=args.rounds)
     pages = bench_pages(small=args.small, large=args.events, rounds=args.page_rounds, repeats=args.repeats)

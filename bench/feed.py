@@ -50,13 +50,18 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
-from isolated import DATA_DIR, ROOT, code_version, say  # first: sets up Django in a temporary data dir, removed at exit
+from isolated import (  # first: sets up Django in a temporary data dir, removed at exit
+    DATA_DIR,
+    ROOT,
+    code_version,
+    migrate_fresh_database,
+    say,
+)
 
 # isort: split
 import django
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
@@ -492,10 +497,7 @@ def main() -> None:
     if args.max_per_ip < args.load_clients + 1:
         parser.error("--max-per-ip must allow every client and the pinging connection")
 
-    say(f"data dir {DATA_DIR} (removed at exit); DEBUG off; WEBSOCKET_MAX_PER_IP={args.max_per_ip} for the server")
-    if not Path(connection.settings_dict["NAME"]).resolve().is_relative_to(DATA_DIR.resolve()):
-        raise RuntimeError(f"refusing to run against {connection.settings_dict['NAME']}")
-    call_command("migrate", verbosity=0, interactive=False)
+    migrate_fresh_database(f"WEBSOCKET_MAX_PER_IP={args.max_per_ip} for the server")
     session = make_session()
     connection.close()
 

@@ -50,3 +50,14 @@ def code_version() -> str:
         return "unknown"
     described = subprocess.run([git, "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
     return described.stdout.strip() or "unknown"
+
+
+def migrate_fresh_database(detail: str = "") -> None:
+    """Say where the benchmark runs, refuse any database outside its temporary data dir, and create the tables."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    say(f"data dir {DATA_DIR} (removed at exit); {detail or connection.vendor}; DEBUG off")
+    if not Path(connection.settings_dict["NAME"]).resolve().is_relative_to(DATA_DIR.resolve()):
+        raise RuntimeError(f"refusing to run against {connection.settings_dict['NAME']}")
+    call_command("migrate", verbosity=0, interactive=False)

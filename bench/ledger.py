@@ -26,12 +26,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from isolated import DATA_DIR, code_version, say  # first: sets up Django in a temporary data dir, removed at exit
+from isolated import (  # first: sets up Django in a temporary data dir, removed at exit
+    DATA_DIR,
+    code_version,
+    migrate_fresh_database,
+    say,
+)
 
 # isort: split
 import django
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
@@ -126,10 +130,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="measurements per figure, size and round")
     args = parser.parse_args()
 
-    say(f"data dir {DATA_DIR} (removed at exit); SQLite {connection.Database.sqlite_version}; DEBUG off")
-    if not Path(connection.settings_dict["NAME"]).resolve().is_relative_to(DATA_DIR.resolve()):
-        raise RuntimeError(f"refusing to run against {connection.settings_dict['NAME']}")
-    call_command("migrate", verbosity=0, interactive=False)
+    migrate_fresh_database(f"SQLite {connection.Database.sqlite_version}")
     user = get_user_model().objects.create_user("bench", is_staff=True)
     client = Client(SERVER_NAME="127.0.0.1")  # a host in ALLOWED_HOSTS
     client.force_login(user)

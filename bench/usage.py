@@ -25,12 +25,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from isolated import DATA_DIR, code_version, say  # first: sets up Django in a temporary data dir, removed at exit
+from isolated import (  # first: sets up Django in a temporary data dir, removed at exit
+    DATA_DIR,
+    code_version,
+    migrate_fresh_database,
+    say,
+)
 
 # isort: split
 import django
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.db import connection
 from django.db.models import Sum
 from django.test import Client
@@ -118,10 +122,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="requests per window, size and round")
     args = parser.parse_args()
 
-    say(f"data dir {DATA_DIR} (removed at exit); SQLite {connection.Database.sqlite_version}; DEBUG off")
-    if not Path(connection.settings_dict["NAME"]).resolve().is_relative_to(DATA_DIR.resolve()):
-        raise RuntimeError(f"refusing to run against {connection.settings_dict['NAME']}")
-    call_command("migrate", verbosity=0, interactive=False)
+    migrate_fresh_database(f"SQLite {connection.Database.sqlite_version}")
     user = get_user_model().objects.create_user("bench", is_staff=True)
     providers_ensure_defaults()
     provider_ids = list(Provider.objects.order_by("priority").values_list("pk", flat=True))
