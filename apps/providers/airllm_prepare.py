@@ -1,10 +1,12 @@
 """Turn a GGUF file into the Hugging Face directory AirLLM loads (`manage.py airllm_prepare`).
 
 AirLLM reads safetensors directories, not GGUF files, and there is no hub here to download one from. transformers
-reads GGUF files itself (llama, mistral, qwen2 and a few more architectures), dequantising every weight into a
-plain model of the architecture the file names; that model's tensors are handed to a fresh one, which is saved.
-The whole model is dequantised in memory, in float32 for most files: converting SmolLM2-135M (540 MB of float32)
-peaks at 1.3 GB, so plan on twice the float32 size of memory (a 7B model: ~56 GB) and once that of disk.
+reads GGUF files (llama, mistral, qwen2 and a few more architectures): from it come the config, the tokenizer, the
+map from GGUF's tensor names to the architecture's, and the fix-ups some tensors need (llama's permuted q and k).
+The tensors themselves are converted one at a time, from the memory-mapped file to float32, and written into
+shards of at most SHARD_BYTES, so memory holds the largest tensor and one shard whatever the model's size: the
+point of AirLLM is a model larger than memory. SmolLM2-135M: 20 s, peak RSS 1.0 GB with 64 MB shards (most of
+it torch and transformers), the same weights as transformers' own whole-model load.
 
 The directory is made beside DEST under a hidden temporary name and renamed into place only when complete, with
 the marker file written last, so an interrupted or failed run never leaves a directory that looks ready.
@@ -27,8 +29,12 @@ from typing import Any
 MARKER = "timmy-prepared.json"
 GGUF_MAGIC = b"GGUF"
 STEP_READ = "read GGUF"
-STEP_COPY = "copy tensors"
+STEP_COPY = "convert tensors"
 STEP_WRITE = "write"
+# Tensors are written as they are converted, into files of at most this size: memory holds one at a time.
+SHARD_BYTES = 2 * 1024**3
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 # Room left over beyond the weights themselves: tokenizer, config, and the file system's own rounding.
 SPACE_MARGIN_BYTES = 64 * 1024 * 1024
 
@@ -71,11 +77,15 @@ def airllm_prepare(*, source: Path, dest: Path, progress: Progress | None = None
 
     # torch and transformers take seconds and hundreds of MB to import: the web processes import apps.providers
     # and never convert anything, so only a conversion pays for them.
+    import numpy as np
     import torch
     import transformers
     from accelerate import init_empty_weights
+    from gguf import GGUFReader, dequantize
     from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     folder, name = str(source.parent), source.name
     report(STEP_READ, 0, 3)
@@ -89,35 +99,29 @@ def airllm_prepare(*, source: Path, dest: Path, progress: Progress | None = None
     with _read_errors(source, transformers.__version__):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     report(STEP_READ, 2, 3)
-    # dequantize=True: plain tensors, never GGUF blocks, whatever kernels are installed.
+    # The file's metadata and tensor index only: the tensors stay on disk (memory-mapped) until each is converted.
     with _read_errors(source, transformers.__version__), _own_bars_hidden():
-        loaded = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, config=config, quantization_config=GgufConfig(dequantize=True)
-        )
+        reader = GGUFReader(str(source))
+        metadata = gguf_utils.load_gguf_checkpoint(str(source), return_tensors=False)
     report(STEP_READ, 3, 3)
 
-    # A model loaded from GGUF keeps its GGUF quantizer and refuses save_pretrained, and its config says the weights
-    # are GGUF-quantized; the copy is a plain model of the same class, built from the clean config without weights.
-    config = loaded.config
+    # The config as the weights will be: plain float32 tensors, not GGUF blocks.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    config.dtype = torch.float32
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype)
-    tensors = loaded.state_dict()
-    report(STEP_COPY, 0, len(tensors))
-    for done, (key, tensor) in enumerate(tensors.items(), start=1):
-        # assign=True hands the dequantised tensor over rather than copying it: one copy of the model in memory.
-        model.load_state_dict({key: tensor}, strict=False, assign=True)
-        report(STEP_COPY, done, len(tensors))
-    del loaded, tensors
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.tie_weights()
-    missing = [key for key, parameter in model.named_parameters() if parameter.is_meta]
-    if missing:
-        names = ", ".join(missing[:3])
-        raise PrepareError(f"{source} lacks {len(missing)} weights that {type(model).__name__} needs ({names}, ...)")
     architecture = type(model).__name__
-    parameters = sum(parameter.numel() for parameter in model.parameters())
-    needed = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    # What the weights must be: every parameter, a tied one once (named_parameters leaves out the second name).
+    expected = {key for key, _ in model.named_parameters()}
+    gguf_architecture = str(gguf_utils.read_field(reader, "general.architecture")[0])
+    processor = gguf_utils.TENSOR_PROCESSORS.get(gguf_architecture, gguf_utils.TensorProcessor)(
+        config=metadata.get("config", {})
+    )
+    names = gguf_utils.get_gguf_hf_weights_map(model, processor)
+    del model
+    needed = sum(int(tensor.n_elements) * 4 for tensor in reader.tensors)
 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -128,10 +132,36 @@ def airllm_prepare(*, source: Path, dest: Path, progress: Progress | None = None
     except OSError as exc:
         raise PrepareError(f"cannot write in {dest.parent}: {exc}") from exc
     try:
-        report(STEP_WRITE, 0, 3)
         try:
-            with _own_bars_hidden():
-                model.save_pretrained(building)
+            shards = _Shards(building, save_file)
+            # What a processor sets aside for later (the experts of a mixture, gathered across tensors) lands here.
+            gathered: dict[str, Any] = {"config": metadata.get("config", {}), "tensors": {}}
+            report(STEP_COPY, 0, len(reader.tensors))
+            for done, tensor in enumerate(reader.tensors, start=1):
+                with _read_errors(source, transformers.__version__):
+                    result = processor.process(
+                        weights=dequantize(tensor.data, tensor.tensor_type),
+                        name=tensor.name,
+                        tensor_key_mapping=names,
+                        parsed_parameters=gathered,
+                    )
+                if result.name in names:
+                    shards.add(names[result.name], torch.from_numpy(np.array(result.weights, dtype=np.float32)))
+                for key in list(gathered["tensors"]):
+                    shards.add(key, gathered["tensors"].pop(key).to(torch.float32))
+                report(STEP_COPY, done, len(reader.tensors))
+            del reader
+            missing = sorted(expected - shards.written)
+            if missing:
+                raise PrepareError(
+                    f"{source} lacks {len(missing)} weights that {architecture} needs ({', '.join(missing[:3])}, ...)"
+                )
+            report(STEP_WRITE, 0, 3)
+            shards.finish()
+            config.architectures = [architecture]
+            config.save_pretrained(building)
+            with contextlib.suppress(OSError, ValueError):  # a model without generation settings has none to save
+                GenerationConfig.from_model_config(config).save_pretrained(building)
             report(STEP_WRITE, 1, 3)
             tokenizer.save_pretrained(building)
             report(STEP_WRITE, 2, 3)
@@ -140,7 +170,7 @@ def airllm_prepare(*, source: Path, dest: Path, progress: Progress | None = None
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
                 "architecture": architecture,
-                "parameters": parameters,
+                "parameters": shards.parameters,
                 "prepared_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
             }
             (building / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
@@ -153,8 +183,58 @@ def airllm_prepare(*, source: Path, dest: Path, progress: Progress | None = None
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return Prepared(
-        dest=dest, architecture=architecture, parameters=parameters, seconds=time.monotonic() - started, size=size
+        dest=dest,
+        architecture=architecture,
+        parameters=shards.parameters,
+        seconds=time.monotonic() - started,
+        size=size,
     )
+
+
+class _Shards:
+    """Writes tensors as they come into safetensors files of at most SHARD_BYTES, so that only one shard is ever
+    in memory; one file is model.safetensors, several get Hugging Face's shard names and an index."""
+
+    def __init__(self, folder: Path, save_file: Callable[..., None]) -> None:
+        self.folder = folder
+        self.save_file = save_file
+        self.pending: dict[str, Any] = {}
+        self.pending_bytes = 0
+        self.files: list[tuple[Path, list[str]]] = []
+        self.written: set[str] = set()
+        self.parameters = 0
+        self.total_bytes = 0
+
+    def add(self, key: str, tensor: Any) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > SHARD_BYTES:
+            self._flush()
+        self.pending[key] = tensor.contiguous()
+        self.pending_bytes += size
+        self.written.add(key)
+        self.parameters += tensor.numel()
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        path = self.folder / f"shard-{len(self.files) + 1}.safetensors"
+        self.save_file(self.pending, str(path), metadata={"format": "pt"})
+        self.files.append((path, list(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> None:
+        if self.pending:
+            self._flush()
+        if len(self.files) == 1:
+            os.replace(self.files[0][0], self.folder / SINGLE_FILE)
+            return
+        weight_map: dict[str, str] = {}
+        count = len(self.files)
+        for number, (path, keys) in enumerate(self.files, start=1):
+            final = f"model-{number:05d}-of-{count:05d}.safetensors"
+            os.replace(path, self.folder / final)
+            weight_map.update(dict.fromkeys(keys, final))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _no_progress(step: str, done: int, total: int) -> None:

@@ -118,7 +118,7 @@ def test_the_command_writes_the_directory_with_a_bar_per_step_and_says_what_to_d
     )
     for bar in (
         "read GGUF: 100%|██████████| 3/3",
-        "copy tensors: 100%|██████████| 21/21",
+        "convert tensors: 100%|██████████| 21/21",
         "write: 100%|██████████| 3/3",
     ):
         assert bar in err
@@ -236,3 +236,22 @@ def test_the_command_and_its_service_import_no_torch_until_they_convert():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
+
+
+def test_a_model_larger_than_a_shard_is_written_in_shards_with_an_index_that_loads_the_same_weights(
+    tiny_gguf, models, monkeypatch
+):
+    from apps.providers import airllm_prepare as prepare_module
+
+    whole = models / "whole"
+    airllm_prepare(source=tiny_gguf, dest=whole)
+    # Tensors are converted one at a time and written a shard at a time: memory holds one shard, not the model.
+    monkeypatch.setattr(prepare_module, "SHARD_BYTES", 100_000)
+    sharded = models / "sharded"
+    airllm_prepare(source=tiny_gguf, dest=sharded)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files[0].startswith("model-00001-of-") and not (sharded / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(sharded).state_dict()
+    expected = load_file(whole / "model.safetensors")
+    assert set(expected) <= set(loaded) and all(torch.equal(loaded[key], expected[key]) for key in expected)

@@ -14,9 +14,9 @@ class Command(BaseCommand):
     help = (
         "Make the directory AirLLM loads from a GGUF file. AirLLM (the second tier of the cascade) reads Hugging "
         "Face safetensors directories, not GGUF files; this reads SOURCE with transformers (llama, mistral, qwen2 "
-        "and the other architectures it reads from GGUF), dequantises it and writes DEST. The whole model is held "
-        "in memory in float32 while it runs (plan on 8 bytes a parameter), and DEST takes 4 bytes a parameter "
-        "of disk, twice that once AirLLM has split it into layers there on its first load. Afterwards set "
+        "and the other architectures it reads from GGUF), dequantises it a tensor at a time and writes DEST in "
+        "shards of at most 2 GB, so a model larger than memory converts too. DEST takes 4 bytes a parameter of disk "
+        "(float32), twice that once AirLLM has split it into layers there on its first load. Afterwards set "
         "AIRLLM_MODEL_PATH=DEST, or DEST as the airllm provider's model in the admin."
     )
 
