@@ -59,10 +59,19 @@ class UpgradeDetailOut(UpgradeOut):
     rejected_by: str | None
     applied_at: datetime | None
     rolled_back_at: datetime | None
+    rollback_requested_at: datetime | None = Field(
+        ..., description="set while the rollback waits for a worker or is being done; cleared if it fails"
+    )
+    rollback_requested_by: str | None = Field(..., description="who asked for the last rollback")
+    rollback_error: str = Field(..., description="why the last rollback failed (the upgrade stayed applied)")
 
     @staticmethod
     def resolve_approved_by(obj: Upgrade) -> str | None:
         return obj.approved_by.get_username() if obj.approved_by else None
+
+    @staticmethod
+    def resolve_rollback_requested_by(obj: Upgrade) -> str | None:
+        return obj.rollback_requested_by.get_username() if obj.rollback_requested_by else None
 
     @staticmethod
     def resolve_rejected_by(obj: Upgrade) -> str | None:
@@ -105,7 +114,11 @@ class RequestOut(Schema):
 
 
 def _upgrade(upgrade_id: int) -> Upgrade:
-    upgrade = Upgrade.objects.select_related("approved_by", "rejected_by").filter(pk=upgrade_id).first()
+    upgrade = (
+        Upgrade.objects.select_related("approved_by", "rejected_by", "rollback_requested_by")
+        .filter(pk=upgrade_id)
+        .first()
+    )
     if upgrade is None:
         raise HttpError(404, f"Upgrade {upgrade_id} not found.")
     return upgrade
@@ -219,3 +232,17 @@ def upgrade_reject(request: HttpRequest, upgrade_id: Id, payload: RejectIn) -> U
     except services.UpgradeError as exc:
         raise _http_error(exc) from exc
     return _upgrade(upgrade.pk)
+
+
+@router.post(
+    "/{int:upgrade_id}/rollback",
+    response={202: UpgradeDetailOut, **errors(404, 409)},
+    summary="Roll back an applied upgrade (needs upgrades.approve_upgrade): queued at once, reverted by the worker",
+)
+def upgrade_rollback(request: HttpRequest, upgrade_id: Id) -> Status:
+    user = require_staff(request)
+    try:
+        upgrade = services.upgrade_rollback_request(upgrade_id=upgrade_id, actor=user)
+    except services.UpgradeError as exc:
+        raise _http_error(exc) from exc
+    return Status(202, _upgrade(upgrade.pk))

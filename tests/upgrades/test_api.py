@@ -7,7 +7,7 @@ from apps.core.services import api_token_create
 from apps.events.models import Event
 from apps.upgrades import services
 from apps.upgrades.models import Risk, Upgrade
-from tests.factories import UserFactory
+from tests.factories import StaffFactory, UserFactory
 from tests.upgrades.test_queue import proposal
 
 URL = "/api/v1/upgrades"
@@ -128,3 +128,24 @@ def test_a_browser_session_needs_the_csrf_token_to_decide(reviewer):
     assert browser.get(f"{URL}/{upgrade.pk}").status_code == 200
     assert browser.post(f"{URL}/{upgrade.pk}/approve").status_code == 403
     assert Upgrade.objects.get(pk=upgrade.pk).status == "proposed"
+
+
+def test_rolling_back_queues_it_for_the_worker_and_says_who_asked_and_a_second_ask_is_409(reviewer, reviewer_api):
+    upgrade = propose()
+    services.upgrade_approve(upgrade_id=upgrade.pk, actor=reviewer)
+    services.upgrade_mark_applied(upgrade_id=upgrade.pk, applied_commit="c" * 40, replaced_commit="a" * 40)
+    proposed = propose(description="Not applied yet")
+    # Without upgrades.approve_upgrade: refused, as on the page.
+    assert client_for(StaffFactory(username="staff")).post(f"{URL}/{upgrade.pk}/rollback").status_code == 403
+
+    response = reviewer_api.post(f"{URL}/{upgrade.pk}/rollback")
+    assert response.status_code == 202
+    body = response.json()
+    assert (body["status"], body["rollback_requested_by"], body["rollback_error"]) == ("applied", "reviewer", "")
+    assert body["rollback_requested_at"] is not None
+    assert Event.objects.get(event_type="upgrade.rollback_requested").data["by"] == "reviewer"
+    again = reviewer_api.post(f"{URL}/{upgrade.pk}/rollback")
+    assert again.status_code == 409 and "already queued" in again.json()["detail"]
+    not_applied = reviewer_api.post(f"{URL}/{proposed.pk}/rollback")
+    assert not_applied.status_code == 409 and "only an applied upgrade" in not_applied.json()["detail"]
+    assert reviewer_api.post(f"{URL}/999/rollback").status_code == 404
